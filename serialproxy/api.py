@@ -1,0 +1,205 @@
+"""The REST API (Klein): servers and console URLs, as in DESIGN.md.
+
+Every call carries ``X-Auth-Token``; a member key acts for its own tenant,
+an admin key for all. Another tenant's server answers 404, exactly like a
+server that does not exist. Errors are ``{"error": {"code", "message"}}``.
+"""
+
+import datetime
+import json
+import os
+from typing import Callable, ClassVar, Optional
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from attrs import define
+from klein import Klein
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from werkzeug.exceptions import MethodNotAllowed, NotFound as RouteNotFound
+
+from .config import Config
+from .errors import (
+    BadRequest,
+    Conflict,
+    ConsolesDisabled,
+    Forbidden,
+    NotFound,
+    SerialProxyError,
+)
+from .interfaces import ApiKey, IStore, SerialPort, Server
+from .sessions import SessionManager
+from .tokens import KeyService, TokenService, new_id
+from . import validate
+
+__all__ = ["API", "console_url"]
+
+_MAX_BODY = 64 * 1024
+
+
+def console_url(base: str, secret: str) -> str:
+    """``base`` with ``token=secret`` added to its query."""
+    parts = urlsplit(base)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "token"]
+    query.append(("token", secret))
+    return urlunsplit(parts._replace(path=parts.path or "/", query=urlencode(query)))
+
+
+def _iso(seconds: float) -> str:
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _server_json(server: Server, key: ApiKey) -> dict:
+    ports = [{"index": p.index} | ({"host": p.host, "port": p.port} if key.is_admin else {}) for p in server.serial_ports]
+    return {"id": server.id, "name": server.name, "tenant_id": server.tenant_id, "status": server.status,
+            "created": _iso(server.created), "serial_ports": ports}
+
+
+def _json(request, status: int, body) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Cache-Control", b"no-store")
+    return json.dumps(body).encode("utf-8")
+
+
+def _body(request, required: bool = True) -> dict:
+    raw = request.content.read(_MAX_BODY + 1) if request.content is not None else b""
+    if len(raw) > _MAX_BODY:
+        raise BadRequest(f"request body larger than {_MAX_BODY} bytes")
+    if not raw.strip():
+        if required:
+            raise BadRequest("missing JSON request body")
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequest(f"request body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    return body
+
+
+@define
+class API:
+    """The REST API of one serialproxy node."""
+
+    _config: Config
+    _store: IStore
+    _keys: KeyService
+    _tokens: TokenService
+    _sessions: SessionManager
+    _clock: IReactorTime
+    _base_url: Callable[[], str]
+    _entropy: Callable[[int], bytes] = os.urandom
+    app: ClassVar[Klein] = Klein()
+    _log: ClassVar[Logger] = Logger()
+
+    # errors
+
+    @app.handle_errors(SerialProxyError)
+    def _domain_error(self, request, failure):
+        return _json(request, failure.value.http_status,
+                     {"error": {"code": failure.value.http_status, "message": failure.value.message}})
+
+    @app.handle_errors(RouteNotFound)
+    def _no_route(self, request, failure):
+        path = request.path.decode("utf-8", "replace")
+        return _json(request, 404, {"error": {"code": 404, "message": f"no such API path: {path}"}})
+
+    @app.handle_errors(MethodNotAllowed)
+    def _bad_method(self, request, failure):
+        allowed = ", ".join(sorted(failure.value.valid_methods or ()))
+        request.setHeader(b"Allow", allowed.encode("ascii"))
+        method = request.method.decode("ascii", "replace")
+        return _json(request, 405, {"error": {"code": 405, "message": f"method {method} not allowed here; allowed: {allowed}"}})
+
+    @app.handle_errors(Exception)
+    def _unexpected(self, request, failure):
+        self._log.failure("API request {method} {path} failed", failure,
+                          method=request.method, path=request.path)
+        return _json(request, 500, {"error": {"code": 500, "message": "internal error; the proxy's log has the details"}})
+
+    # helpers
+
+    async def _caller(self, request) -> ApiKey:
+        return await self._keys.authenticate(request.getHeader("X-Auth-Token"))
+
+    async def _admin(self, request) -> ApiKey:
+        key = await self._caller(request)
+        if not key.is_admin:
+            raise Forbidden("this call needs an admin API key (serialproxy-manage create-key --admin)")
+        return key
+
+    async def _visible_server(self, key: ApiKey, server_id: str, tenant_id: Optional[str] = None) -> Server:
+        server = await self._store.get_server(server_id) if validate.is_id(server_id) else None
+        visible = server is not None and (key.is_admin or server.tenant_id == key.tenant_id)
+        if not visible or (tenant_id is not None and server.tenant_id != tenant_id):
+            raise NotFound(f"no server {server_id!r}")
+        return server
+
+    # servers
+
+    @app.route("/v3/servers", methods=["POST"])
+    async def create_server(self, request):
+        """Register a server whose serial ports already listen (adopt)."""
+        await self._admin(request)
+        spec = validate.server_body(_body(request))
+        server = Server(new_id(self._entropy), spec["name"],
+                        spec["tenant_id"], "active", self._clock.seconds(),
+                        tuple(SerialPort(i, p["host"], p["port"]) for i, p in enumerate(spec["serial_ports"])))
+        await self._store.create_server(server)
+        self._log.info("registered server {id} ({name}) of tenant {tenant} with {n} serial ports",
+                       id=server.id, name=server.name, tenant=server.tenant_id, n=len(server.serial_ports))
+        request.setHeader(b"Location", f"/v3/servers/{server.id}".encode("ascii"))
+        return _json(request, 201, {"server": _server_json(server, ApiKey("", "", True, "", 0))})
+
+    @app.route("/v3/servers", methods=["GET"])
+    async def list_servers(self, request):
+        key = await self._caller(request)
+        servers = await self._store.list_servers(None if key.is_admin else key.tenant_id)
+        return _json(request, 200, {"servers": [_server_json(s, key) for s in servers]})
+
+    @app.route("/v3/servers/<server_id>", methods=["GET"])
+    async def show_server(self, request, server_id):
+        key = await self._caller(request)
+        return _json(request, 200, {"server": _server_json(await self._visible_server(key, server_id), key)})
+
+    @app.route("/v3/servers/<server_id>", methods=["DELETE"])
+    async def delete_server(self, request, server_id):
+        key = await self._caller(request)
+        server = await self._visible_server(key, server_id)
+        self._sessions.close_server(server.id, NotFound.close_code, "the server was deleted")
+        await self._store.delete_server(server.id)
+        self._log.info("deleted server {id} by key {key}", id=server.id, key=key.id)
+        request.setResponseCode(204)
+        return b""
+
+    # consoles
+
+    @app.route("/v2/<tenant_id>/servers/<server_id>/get-serial-console", methods=["POST"])
+    async def get_serial_console_v2(self, request, tenant_id, server_id):
+        """Nova's v2 shape: tenant in the path, 200."""
+        key = await self._caller(request)
+        if not key.is_admin and key.tenant_id != tenant_id:
+            raise Forbidden(f"this API key acts for tenant {key.tenant_id!r}, not {tenant_id!r}")
+        return await self._console(request, key, server_id, tenant_id, 200)
+
+    @app.route("/v3/servers/<server_id>/get-serial-console", methods=["POST"])
+    async def get_serial_console_v3(self, request, server_id):
+        """Tenant from the key, 202."""
+        return await self._console(request, await self._caller(request), server_id, None, 202)
+
+    async def _console(self, request, key, server_id, tenant_id, status):
+        if not self._config.enabled:
+            raise ConsolesDisabled()
+        kind, index = validate.console_body(_body(request, required=False))
+        server = await self._visible_server(key, server_id, tenant_id)
+        if server.status != "active":
+            raise Conflict(f"server {server.id} is {server.status}, not active: its console cannot be reached")
+        ports = {p.index: p for p in server.serial_ports}
+        if index not in ports:
+            raise BadRequest(f"server {server.id} has {len(ports)} serial port(s), indexes 0 to {len(ports) - 1}; port {index} is not one of them"
+                             if ports else f"server {server.id} has no serial ports")
+        secret = await self._tokens.mint(server, ports[index])
+        self._log.info("console URL for {server}/{port} minted for key {key}", server=server.id, port=index, key=key.id)
+        return _json(request, status, {"serial_console": {"type": kind, "port": index, "url": console_url(self._base_url(), secret)}})
+

@@ -1,0 +1,147 @@
+"""``twistd serialproxy``: command-line options and the service tree. Wiring only."""
+
+import os
+import socket
+
+from twisted.application import internet, service
+from twisted.application.internet import TimerService
+from twisted.internet import endpoints
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python import usage
+
+from . import __version__
+from .api import API
+from .config import OPTIONS, Config, load_config
+from .database import Database, open_database
+from .errors import ConfigError, DatabaseError
+from .sessions import SessionManager
+from .store import SQLStore
+from .tokens import KeyService, TokenService, new_id
+from .web import make_site
+from .websocket import ConsoleFactory
+
+__all__ = ["Options", "makeService", "build_service", "ConsoleURLs"]
+
+TOKEN_PURGE_INTERVAL = 60.0
+_log = Logger()
+
+
+class Options(usage.Options):
+    """Options of ``twistd serialproxy``; each flag overrides the config file."""
+
+    synopsis = "[--config FILE] [--OPTION=VALUE ...]"
+    longdesc = ("Web serial consoles for libvirt/QEMU VMs. Options come from the INI file given "
+                "with --config ([serial_console] and [database] sections); flags override it.")
+    optParameters = [["config", "c", None, "INI configuration file"]] + [
+        [o.flag, None, None, f"{o.help} (file: [{o.section}] {o.name}; default: {o.default or 'empty'})"]
+        for o in OPTIONS
+    ]
+
+    def postOptions(self):
+        try:
+            self.config = load_config(self["config"], {o.flag: self[o.flag] for o in OPTIONS})
+        except ConfigError as e:
+            raise SystemExit(f"serialproxy: configuration error: {e}")
+        parent = getattr(self, "parent", None)
+        if parent is not None and "nodaemon" in parent and not self.config.daemon:
+            parent["nodaemon"] = True  # daemon = false (the default) keeps it in the foreground
+
+
+class ConsoleURLs:
+    """The base of console URLs, known once the listener is bound."""
+
+    def __init__(self, config: Config):
+        self._config = config
+        self.port = config.serialproxy_port
+
+    def base_url(self) -> str:
+        return self._config.console_base_url(self.port)
+
+
+class _ListeningEndpoint:
+    """A server endpoint that reports the address it bound."""
+
+    def __init__(self, endpoint, urls: ConsoleURLs, describe: str):
+        self._endpoint = endpoint
+        self._urls = urls
+        self._describe = describe
+
+    def listen(self, factory):
+        return self._endpoint.listen(factory).addCallback(self._bound)
+
+    def _bound(self, port):
+        address = port.getHost()
+        self._urls.port = getattr(address, "port", self._urls.port)
+        where = f"{address.host}:{address.port}" if hasattr(address, "port") else str(address)
+        _log.info("serialproxy {version} listening on {where} ({endpoint}); console URLs: {base}?token=...",
+                  version=__version__, where=where, endpoint=self._describe, base=self._urls.base_url())
+        return port
+
+
+class _DatabaseService(service.Service):
+    def __init__(self, database: Database):
+        self.database = database
+
+    def stopService(self):
+        super().stopService()
+        self.database.close()
+
+
+class StagedService(service.MultiService):
+    """A MultiService that stops its children one at a time, last first.
+
+    So that sessions release their locks before the database pool closes.
+    """
+
+    async def _stop(self):
+        for child in reversed(list(self)):
+            await _maybe(child.stopService())
+
+    def stopService(self):
+        service.Service.stopService(self)
+        return Deferred.fromCoroutine(self._stop())
+
+
+async def _maybe(result):
+    if isinstance(result, Deferred):
+        await result
+
+
+def build_service(config: Config, reactor, entropy=os.urandom, database: Database = None) -> StagedService:
+    """The whole node: database, token purge, console leases, HTTP listener."""
+    top = StagedService()
+    database = database or open_database(config.database_url)
+    _DatabaseService(database).setServiceParent(top)
+    store = SQLStore(database)
+    tokens = TokenService(store, reactor, config.token_ttl, entropy)
+    purge = TimerService(TOKEN_PURGE_INTERVAL, lambda: Deferred.fromCoroutine(tokens.purge()))
+    purge.clock = reactor
+    purge.setServiceParent(top)
+    node = f"{socket.gethostname()}/{os.getpid()}/{new_id(entropy)[:8]}"
+    sessions = SessionManager(store, tokens, reactor, node, entropy=entropy)
+    sessions.service().setServiceParent(top)
+    urls = ConsoleURLs(config)
+    api = API(config, store, KeyService(store, reactor, entropy), tokens, sessions, reactor, urls.base_url, entropy)
+    site = make_site(api, ConsoleFactory(sessions, config.allowed_origins), config.web_dir)
+    description = config.listen_endpoint()
+    endpoint = _ListeningEndpoint(endpoints.serverFromString(reactor, description), urls, description)
+    listener = internet.StreamServerEndpointService(endpoint, site)
+    listener._raiseSynchronously = True
+    listener.setServiceParent(top)
+    top.urls = urls
+    top.sessions = sessions
+    if config.record:
+        _log.warn("record = true: session recording is not in this version yet; sessions are not recorded")
+    return top
+
+
+def makeService(options, reactor=None):
+    """Entry point for twistd (plugin and .tac)."""
+    if reactor is None:
+        from twisted.internet import reactor
+    config = getattr(options, "config", None) or load_config(options.get("config"))
+    try:
+        return build_service(config, reactor)
+    except DatabaseError as e:
+        raise SystemExit(f"serialproxy: database error: {e}")

@@ -1,0 +1,109 @@
+"""Secrets: console tokens and API keys, minted from injected entropy, kept as hashes.
+
+A console token is 256 random bits, shown once in a console URL and stored
+only as its SHA-256; it is bound to one serial port of one server and lives
+``token_ttl`` seconds on the injected clock. API keys are made the same way.
+Both are long random secrets, so a plain SHA-256 (no slow KDF) is the right
+hash: nothing to guess, nothing to brute-force.
+"""
+
+import base64
+import hashlib
+import os
+import re
+import uuid
+from typing import Callable, ClassVar
+
+from attrs import define
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from .errors import TokenExpired, TokenInvalid, Unauthorized
+from .interfaces import ApiKey, ConsoleToken, IStore, SerialPort, Server
+
+__all__ = ["TokenService", "KeyService", "hash_secret", "new_secret", "new_id"]
+
+_SECRET_BYTES = 32
+_TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]{43}$")
+_KEY_PREFIX = "spk_"
+
+
+def hash_secret(secret: str) -> str:
+    """The stored form of a token or key."""
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def new_secret(entropy: Callable[[int], bytes]) -> str:
+    """43 URL-safe characters carrying 256 random bits."""
+    return base64.urlsafe_b64encode(entropy(_SECRET_BYTES)).rstrip(b"=").decode("ascii")
+
+
+def new_id(entropy: Callable[[int], bytes]) -> str:
+    """A random UUID (version 4) from the given entropy."""
+    return str(uuid.UUID(bytes=entropy(16), version=4))
+
+
+@define
+class TokenService:
+    """Mints and checks console tokens."""
+
+    _store: IStore
+    _clock: IReactorTime
+    _ttl: int
+    _entropy: Callable[[int], bytes] = os.urandom
+    _log: ClassVar[Logger] = Logger()
+
+    async def mint(self, server: Server, port: SerialPort) -> str:
+        """A new token for one serial port; the secret is returned, its hash stored."""
+        secret = new_secret(self._entropy)
+        now = self._clock.seconds()
+        await self._store.add_token(
+            ConsoleToken(hash_secret(secret), server.id, port.index, port.host, port.port,
+                         server.tenant_id, now, now + self._ttl)
+        )
+        return secret
+
+    async def check(self, secret: str) -> ConsoleToken:
+        """The token's binding, or :class:`TokenInvalid` / :class:`TokenExpired`."""
+        if not isinstance(secret, str) or not _TOKEN_SHAPE.match(secret):
+            raise TokenInvalid("malformed console token: ask the API for a new console URL")
+        token = await self._store.find_token(hash_secret(secret))
+        if token is None:
+            raise TokenInvalid("unknown or expired console token: ask the API for a new console URL")
+        if token.expires <= self._clock.seconds():
+            raise TokenExpired("expired console token: ask the API for a new console URL")
+        return token
+
+    async def purge(self) -> int:
+        """Delete expired tokens; how many went."""
+        count = await self._store.purge_tokens(self._clock.seconds())
+        if count:
+            self._log.info("purged {count} expired console tokens", count=count)
+        return count
+
+
+@define
+class KeyService:
+    """Makes API keys and tells who an API key is."""
+
+    _store: IStore
+    _clock: IReactorTime
+    _entropy: Callable[[int], bytes] = os.urandom
+
+    async def create(self, tenant_id: str, is_admin: bool, description: str = "") -> tuple:
+        """A new key: ``(ApiKey, secret)``; the secret is shown once, never stored."""
+        secret = _KEY_PREFIX + new_secret(self._entropy)
+        key = ApiKey(new_id(self._entropy), tenant_id, is_admin, description, self._clock.seconds())
+        await self._store.create_key(key, hash_secret(secret))
+        return key, secret
+
+    async def authenticate(self, secret) -> ApiKey:
+        """The :class:`ApiKey` for a secret, or :class:`Unauthorized`."""
+        if not secret:
+            raise Unauthorized("missing X-Auth-Token header: pass an API key made by 'serialproxy-manage create-key'")
+        if len(secret) > 200:
+            raise Unauthorized("invalid API key in X-Auth-Token")
+        key = await self._store.find_key(hash_secret(secret))
+        if key is None:
+            raise Unauthorized("invalid API key in X-Auth-Token")
+        return key

@@ -1,0 +1,194 @@
+"""The websocket end of a console: ``ws://proxy:6083/?token=T``.
+
+The handshake is always accepted, so that every refusal reaches the client
+as a close code in 4000-4999 with a reason a person can read (a browser sees
+only 1006 from a refused handshake). After it: the Origin is checked, then
+the token, the writer lock and the VM connection (see
+:mod:`serialproxy.sessions`). VM bytes go out as binary frames; binary and
+text frames from the client go to the VM as bytes. The ``binary`` and
+``base64`` subprotocols of noVNC-style clients are accepted.
+"""
+
+import base64
+import binascii
+from typing import ClassVar, Optional
+from urllib.parse import urlsplit
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from .bridge import IConsoleClient
+from .errors import CloseCode, SerialProxyError
+
+__all__ = ["ConsoleFactory", "ConsoleProtocol", "origin_allowed", "close_reason"]
+
+# Bounds on what one client can make us hold (see docs/performance.md).
+MAX_FRAME = 64 * 1024
+MAX_MESSAGE = 1024 * 1024
+_MAX_PENDING = 256 * 1024
+_SUBPROTOCOLS = ("binary", "base64")
+
+
+def origin_allowed(origin: Optional[str], host: Optional[str], allowed: tuple) -> bool:
+    """May a page from ``origin`` open a console on a proxy reached as ``host``?
+
+    No Origin: not a browser, allowed. Otherwise the Origin's host[:port] must
+    be the Host header, or the origin (or its host[:port]) must be listed.
+    """
+    if origin is None:
+        return True
+    origin = origin.strip().lower()
+    netloc = urlsplit(origin).netloc
+    if host and netloc == host.strip().lower():
+        return True
+    return origin in allowed or (netloc != "" and netloc in allowed)
+
+
+def close_reason(reason: str) -> str:
+    """A close reason cut to the 123 bytes a close frame can carry."""
+    encoded = reason.encode("utf-8")
+    if len(encoded) <= 123:
+        return reason
+    return encoded[:120].decode("utf-8", "ignore") + "..."
+
+
+@implementer(IConsoleClient)
+class ConsoleProtocol(WebSocketServerProtocol):
+    """One websocket console session."""
+
+    _log: ClassVar[Logger] = Logger()
+
+    def __init__(self):
+        super().__init__()
+        self._secret = None
+        self._origin_ok = True
+        self._base64 = False
+        self._session = None
+        self._gone = False
+        self._pending = []
+        self._pending_bytes = 0
+
+    def onConnect(self, request):
+        params = request.params
+        self._secret = (params.get("token") or [None])[0]
+        self._mode = (params.get("mode") or ["write"])[0]
+        self._origin_ok = origin_allowed(
+            request.headers.get("origin"), request.headers.get("host"), self.factory.allowed_origins
+        )
+        for protocol in request.protocols:
+            if protocol in _SUBPROTOCOLS:
+                self._base64 = protocol == "base64"
+                return protocol
+        return None
+
+    def onOpen(self):
+        self.transport.pauseProducing()
+        d = Deferred.fromCoroutine(self._attach())
+        d.addErrback(lambda f: self._log.failure("attaching a console failed", f))
+
+    async def _attach(self):
+        peer = _peer(self.transport.getPeer())
+        try:
+            if self._mode != "write":
+                raise _Refusal(CloseCode.BAD_REQUEST, f"unknown mode {self._mode!r}: use mode=write (the default)")
+            if not self._origin_ok:
+                raise _Refusal(CloseCode.ORIGIN_REFUSED, "origin not allowed: open the console from the proxy's own page or an allowed_origins site")
+            if not self._secret:
+                raise _Refusal(CloseCode.BAD_REQUEST, "missing ?token= in the console URL: ask the API for a console URL")
+            session = await self.factory.sessions.attach(self, self._secret, peer)
+        except (SerialProxyError, _Refusal) as e:
+            self._log.info("refused console for {peer}: {reason}", peer=peer, reason=str(e))
+            self.close(e.close_code, str(e))
+            return
+        except Exception:
+            self._log.failure("attaching a console for {peer} failed", peer=peer)
+            self.close(CloseCode.INTERNAL_ERROR, "internal error in the console proxy")
+            return
+        self._session = session
+        if self._gone:
+            await self.factory.sessions.detach(session)
+            return
+        for data in self._pending:
+            session.bridge.from_client(data)
+        self._pending = None
+
+    def onMessage(self, payload, isBinary):
+        try:
+            data = payload if isBinary else self._decode_text(payload)
+            if data is None:
+                return
+            if self._session is not None:
+                self._session.bridge.from_client(data)
+            elif self._pending is not None:
+                self._pending_bytes += len(data)
+                if self._pending_bytes > _MAX_PENDING:
+                    self.close(CloseCode.BAD_REQUEST, "too much input before the console was ready")
+                else:
+                    self._pending.append(data)
+        except Exception:
+            self._log.failure("handling a console message failed")
+
+    def _decode_text(self, payload: bytes) -> Optional[bytes]:
+        if not self._base64:
+            return payload
+        try:
+            return base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            self.close(CloseCode.BAD_REQUEST, "bad base64 in a text frame of the base64 subprotocol")
+            return None
+
+    def onClose(self, wasClean, code, reason):
+        self._gone = True
+        session, self._session = self._session, None
+        if session is not None:
+            d = Deferred.fromCoroutine(self.factory.sessions.detach(session))
+            d.addErrback(lambda f: self._log.failure("releasing a console failed", f))
+
+    # IConsoleClient
+
+    def send(self, data: bytes) -> None:
+        if self._base64:
+            self.sendMessage(base64.b64encode(data), isBinary=False)
+        else:
+            self.sendMessage(data, isBinary=True)
+
+    def close(self, code, reason: str) -> None:
+        if self.state == self.STATE_OPEN:
+            # Read again (we pause while attaching), or the client's close reply is never seen.
+            self.transport.resumeProducing()
+            self.sendClose(int(code), close_reason(reason))
+
+
+class _Refusal(Exception):
+    def __init__(self, code: CloseCode, reason: str):
+        super().__init__(reason)
+        self.close_code = code
+
+
+def _peer(address) -> str:
+    host = getattr(address, "host", None)
+    if host is None:
+        return str(address)
+    return f"[{host}]:{address.port}" if ":" in host else f"{host}:{address.port}"
+
+
+class ConsoleFactory(WebSocketServerFactory):
+    """Makes :class:`ConsoleProtocol` with the limits and timeouts of a console."""
+
+    protocol = ConsoleProtocol
+
+    def __init__(self, sessions, allowed_origins=(), url: Optional[str] = None):
+        super().__init__(url)
+        self.sessions = sessions
+        self.allowed_origins = tuple(allowed_origins)
+        self.setProtocolOptions(
+            maxFramePayloadSize=MAX_FRAME,
+            maxMessagePayloadSize=MAX_MESSAGE,
+            autoFragmentSize=MAX_FRAME,
+            openHandshakeTimeout=30,
+            closeHandshakeTimeout=5,
+            autoPingInterval=20,
+            autoPingTimeout=10,
+        )
