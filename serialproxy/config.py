@@ -78,9 +78,20 @@ def _text(name, text):
     return text.strip()
 
 
+def _split(text: str):
+    """urlsplit, or None for text it cannot parse (a lone '[' raises)."""
+    try:
+        parts = urlsplit(text)
+        parts.hostname, parts.port  # these raise on junk too
+        return parts
+    except ValueError:
+        return None
+
+
 def _base_url(name, text):
     value = text.strip()
-    if value and (urlsplit(value).scheme not in ("ws", "wss", "http", "https") or not urlsplit(value).netloc):
+    parts = _split(value)
+    if value and (parts is None or parts.scheme not in ("ws", "wss", "http", "https") or not parts.netloc):
         raise ConfigError(name, text, "expected a ws://, wss://, http:// or https:// URL such as ws://proxy.example.com:6083/, or nothing")
     return value
 
@@ -88,8 +99,8 @@ def _base_url(name, text):
 def _origins(name, text):
     origins = []
     for item in filter(None, (part.strip() for part in text.split(","))):
-        parts = urlsplit(item if "://" in item else f"//{item}")
-        if parts.scheme not in ("", "http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        parts = _split(item if "://" in item else f"//{item}")
+        if parts is None or parts.scheme not in ("", "http", "https") or not parts.hostname or parts.path not in ("", "/"):
             raise ConfigError(name, text, f"{item!r} is not an origin: expected a comma-separated list like https://dash.example.com, console.example.com:8443")
         origins.append(item.rstrip("/").lower())
     return tuple(origins)
@@ -97,8 +108,8 @@ def _origins(name, text):
 
 def _database(name, text):
     value = text.strip()
-    scheme = urlsplit(value).scheme
-    if value and scheme not in ("sqlite", "postgresql", "postgres"):
+    parts = _split(value)
+    if value and (parts is None or parts.scheme not in ("sqlite", "postgresql", "postgres")):
         raise ConfigError(name, text, "expected sqlite:///relative/path.sqlite, sqlite:////absolute/path.sqlite or postgresql://user:password@host:port/dbname")
     return value
 

@@ -134,13 +134,14 @@ def current_version() -> int:
     return migrations()[-1][0]
 
 
-def _schema_version(cursor: Cursor) -> int:
+def _schema_version(cursor: Cursor) -> Optional[int]:
+    """The schema version, or None for a database without our version table."""
     if cursor.dialect.name == "sqlite":
         exists = cursor.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'").fetchone()
     else:
         exists = cursor.execute("SELECT to_regclass('schema_version')").fetchone()[0]
     if not exists:
-        return 0
+        return None
     row = cursor.execute("SELECT version FROM schema_version").fetchone()
     return row[0] if row else 0
 
@@ -156,14 +157,15 @@ def _upgrade_txn(cursor: Cursor, target: int) -> tuple:
     else:
         cursor.execute("BEGIN IMMEDIATE")
     found = _schema_version(cursor)
+    if found is None:
+        cursor.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        cursor.execute("INSERT INTO schema_version (version) VALUES (0)")
+        found = 0
     if found > target:
         raise DatabaseTooNew(
             f"the database has schema version {found}, newer than this serialproxy "
             f"knows (up to {target}): run a newer serialproxy, or restore a backup"
         )
-    if found == 0:
-        cursor.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-        cursor.execute("INSERT INTO schema_version (version) VALUES (0)")
     for version, path in migrations():
         if found < version <= target:
             for statement in _statements(path.read_text(encoding="utf-8")):

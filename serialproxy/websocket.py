@@ -40,7 +40,10 @@ def origin_allowed(origin: Optional[str], host: Optional[str], allowed: tuple) -
     if origin is None:
         return True
     origin = origin.strip().lower()
-    netloc = urlsplit(origin).netloc
+    try:
+        netloc = urlsplit(origin).netloc
+    except ValueError:  # junk such as "http://[" from a hostile client
+        return False
     if host and netloc == host.strip().lower():
         return True
     return origin in allowed or (netloc != "" and netloc in allowed)

@@ -1,0 +1,53 @@
+# Shared steps of scripts/run and scripts/test (sourced, not run).
+# Each step is idempotent: it does nothing when its work is already done.
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+
+say() { printf '%s\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"
+  elif command -v sudo >/dev/null; then sudo "$@"
+  else say "need root to run: $*"; return 1
+  fi
+}
+
+# ensure_apt PACKAGE... : install the Debian packages that are missing.
+ensure_apt() {
+  local missing=()
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  say "installing Debian packages: ${missing[*]}"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+python_ok() {
+  "$1" -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null
+}
+
+# ensure_venv EXTRAS : .venv with serialproxy installed (editable), EXTRAS like "[test]".
+ensure_venv() {
+  local extras="${1:-}" py=python3 stamp
+  python_ok "$py" || ensure_apt python3 python3-venv
+  python_ok "$py" || { say "serialproxy needs Python 3.11 or newer with venv"; return 1; }
+  stamp="$(cat "$ROOT/setup.py" | sha256sum | cut -c1-16)$extras"
+  if [ -x "$VENV/bin/python" ] && [ "$(cat "$VENV/.serialproxy-stamp" 2>/dev/null)" = "$stamp" ]; then
+    return 0
+  fi
+  say "setting up $VENV"
+  [ -x "$VENV/bin/python" ] || "$py" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' >&2 || true
+  # compat mode puts the checkout on sys.path, so twistd finds twisted/plugins/.
+  "$VENV/bin/python" -m pip install -q -e "$ROOT$extras" --config-settings editable_mode=compat 2>&1 \
+    | grep -v '^WARNING: Location' >&2 || true
+  "$VENV/bin/python" -c 'import serialproxy, klein, autobahn, psycopg2' || return 1
+  echo "$stamp" > "$VENV/.serialproxy-stamp"
+}
+
+free_port() {
+  "$VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}

@@ -1,0 +1,158 @@
+"""In-memory fakes for tests: a store, and an adbapi pool that runs inline.
+
+:class:`MemoryStore` passes the same contract tests as the SQL store
+(tests/contract). :func:`inline_database` runs real SQL on a real database
+without threads, so unit tests stay synchronous.
+"""
+
+import copy
+
+from attrs import define, evolve, field
+from twisted.enterprise import adbapi
+from twisted.internet.defer import fail, succeed
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from .database import Database, _prepare_sqlite, parse_url, upgrade
+from .errors import Conflict
+from .interfaces import IStore
+
+__all__ = ["MemoryStore", "InlineThreadPool", "InlineReactor", "inline_database"]
+
+
+def _result(fn):
+    """Run ``fn`` now; its value or exception as a Deferred (like the SQL store)."""
+    try:
+        return succeed(fn())
+    except Exception:
+        return fail(Failure())
+
+
+@implementer(IStore)
+@define
+class MemoryStore:
+    """:class:`~serialproxy.interfaces.IStore` in a few dicts."""
+
+    keys: dict = field(factory=dict)  # key_hash -> ApiKey
+    servers: dict = field(factory=dict)
+    tokens: dict = field(factory=dict)
+    locks: dict = field(factory=dict)  # (server_id, port_index) -> ConsoleLock
+
+    def create_key(self, key, key_hash):
+        def create():
+            if key_hash in self.keys or any(k.id == key.id for k in self.keys.values()):
+                raise Conflict("duplicate key")
+            self.keys[key_hash] = key
+        return _result(create)
+
+    def find_key(self, key_hash):
+        return succeed(self.keys.get(key_hash))
+
+    def list_keys(self):
+        return succeed(sorted(self.keys.values(), key=lambda k: (k.created, k.id)))
+
+    def revoke_key(self, key_id):
+        found = [h for h, k in self.keys.items() if k.id == key_id]
+        for h in found:
+            del self.keys[h]
+        return succeed(bool(found))
+
+    def create_server(self, server):
+        def create():
+            taken = {(p.host, p.port): s.id for s in self.servers.values() for p in s.serial_ports}
+            for port in server.serial_ports:
+                if (port.host, port.port) in taken:
+                    raise Conflict(f"serial port {port.host}:{port.port} already belongs to server {taken[(port.host, port.port)]}")
+            if server.id in self.servers:
+                raise Conflict("duplicate server id")
+            self.servers[server.id] = copy.deepcopy(server)
+        return _result(create)
+
+    def get_server(self, server_id):
+        return succeed(self.servers.get(server_id))
+
+    def list_servers(self, tenant_id=None):
+        found = [s for s in self.servers.values() if tenant_id is None or s.tenant_id == tenant_id]
+        return succeed(sorted(found, key=lambda s: (s.created, s.id)))
+
+    def delete_server(self, server_id):
+        existed = self.servers.pop(server_id, None) is not None
+        self.tokens = {h: t for h, t in self.tokens.items() if t.server_id != server_id}
+        self.locks = {c: lock for c, lock in self.locks.items() if c[0] != server_id}
+        return succeed(existed)
+
+    def add_token(self, token):
+        self.tokens[token.token_hash] = token
+        return succeed(None)
+
+    def find_token(self, token_hash):
+        return succeed(self.tokens.get(token_hash))
+
+    def purge_tokens(self, now):
+        expired = [h for h, t in self.tokens.items() if t.expires < now]
+        for h in expired:
+            del self.tokens[h]
+        return succeed(len(expired))
+
+    def acquire_lock(self, lock, now):
+        console = (lock.server_id, lock.port_index)
+        holder = self.locks.get(console)
+        if holder is not None and holder.expires >= now:
+            return succeed(holder)
+        self.locks[console] = lock
+        return succeed(None)
+
+    def release_lock(self, session_id):
+        self.locks = {c: lock for c, lock in self.locks.items() if lock.session_id != session_id}
+        return succeed(None)
+
+    def renew_locks(self, node, expires):
+        mine = {c: evolve(lock, expires=expires) for c, lock in self.locks.items() if lock.node == node}
+        self.locks.update(mine)
+        return succeed(len(mine))
+
+
+class InlineThreadPool:
+    """A thread pool that runs each job at once, in the caller's thread."""
+
+    def callInThreadWithCallback(self, on_result, fn, *args, **kwargs):
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException:
+            on_result(False, Failure())
+        else:
+            on_result(True, result)
+
+    def start(self):
+        pass
+
+    def stop(self):
+        pass
+
+
+class InlineReactor:
+    """The little of a reactor that adbapi uses, all inline."""
+
+    def callFromThread(self, fn, *args, **kwargs):
+        fn(*args, **kwargs)
+
+    def callWhenRunning(self, fn, *args, **kwargs):
+        return None
+
+    def addSystemEventTrigger(self, *args, **kwargs):
+        return None
+
+    def removeSystemEventTrigger(self, trigger):
+        pass
+
+
+def inline_database(url: str) -> Database:
+    """A :class:`Database` on ``url`` (upgraded) whose queries run inline, without threads."""
+    upgrade(url)
+    dialect = parse_url(url)
+    extra = {"cp_openfun": _prepare_sqlite} if dialect.name == "sqlite" else {}
+    pool = adbapi.ConnectionPool(dialect.module, *dialect.args, **dialect.kwargs, cp_min=1, cp_max=1,
+                                 cp_noisy=False, cp_reactor=InlineReactor(), **extra)
+    pool.threadpool = InlineThreadPool()
+    pool.running = True
+    return Database(pool, dialect)

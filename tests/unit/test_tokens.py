@@ -1,0 +1,119 @@
+"""Console tokens and API keys: entropy, hashing, binding, expiry, purge."""
+
+import hashlib
+import itertools
+
+from hypothesis import given, strategies as st
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from serialproxy.errors import TokenExpired, TokenInvalid, Unauthorized
+from serialproxy.interfaces import SerialPort, Server
+from serialproxy.testing import MemoryStore
+from serialproxy.tokens import KeyService, TokenService, hash_secret, new_secret
+
+
+def counting_entropy():
+    """Deterministic 'random' bytes: each call gives new ones."""
+    counter = itertools.count()
+    return lambda n: hashlib.sha512(str(next(counter)).encode()).digest()[:n]
+
+
+SERVER = Server("s1", "vm1", "acme", "active", 0.0, (SerialPort(0, "127.0.0.1", 7000), SerialPort(1, "127.0.0.1", 7001)))
+
+
+class TokenServiceTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.store = MemoryStore()
+        self.tokens = TokenService(self.store, self.clock, 600, counting_entropy())
+
+    def mint(self, index=0):
+        return self.successResultOf(Deferred.fromCoroutine(self.tokens.mint(SERVER, SERVER.serial_ports[index])))
+
+    def check(self, secret):
+        return Deferred.fromCoroutine(self.tokens.check(secret))
+
+    def test_secret_has_256_bits(self):
+        """A token is 43 base64url characters: 256 bits of injected entropy."""
+        secret = self.mint()
+        self.assertEqual(len(secret), 43)
+        self.assertNotEqual(secret, self.mint())
+
+    def test_only_hash_is_stored(self):
+        """The store holds the SHA-256 of the token, never the token."""
+        secret = self.mint()
+        self.assertEqual(list(self.store.tokens), [hash_secret(secret)])
+        self.assertNotIn(secret, repr(self.store.tokens))
+
+    def test_bound_to_server_and_port(self):
+        """A token resolves to the server, port index and address it was minted for."""
+        token = self.successResultOf(self.check(self.mint(1)))
+        self.assertEqual((token.server_id, token.port_index, token.host, token.port, token.tenant_id),
+                         ("s1", 1, "127.0.0.1", 7001, "acme"))
+
+    def test_valid_until_ttl(self):
+        """A token works until token_ttl seconds have passed, then is refused as expired."""
+        secret = self.mint()
+        self.clock.advance(599)
+        self.successResultOf(self.check(secret))
+        self.clock.advance(1)
+        self.failureResultOf(self.check(secret), TokenExpired)
+
+    def test_purge(self):
+        """Purging deletes expired tokens; a purged token is then unknown."""
+        secret = self.mint()
+        self.clock.advance(601)
+        self.assertEqual(self.successResultOf(Deferred.fromCoroutine(self.tokens.purge())), 1)
+        self.failureResultOf(self.check(secret), TokenInvalid)
+        self.assertEqual(self.store.tokens, {})
+
+    def test_unknown(self):
+        """A well-formed token that was never minted is invalid."""
+        failure = self.failureResultOf(self.check(new_secret(counting_entropy())), TokenInvalid)
+        self.assertNotIsInstance(failure.value, TokenExpired)
+
+    @given(st.text(max_size=100))
+    def test_tampered_token_rejected(self, junk):
+        """Any string that is not a minted token is refused as invalid."""
+        secret = self.mint()
+        if junk != secret:
+            self.failureResultOf(self.check(junk), TokenInvalid)
+
+    @given(st.integers(0, 42), st.sampled_from("A_-z9"))
+    def test_one_character_changed(self, position, char):
+        """Changing one character of a token makes it invalid."""
+        secret = self.mint()
+        tampered = secret[:position] + char + secret[position + 1:]
+        if tampered != secret:
+            self.failureResultOf(self.check(tampered), TokenInvalid)
+
+
+class KeyServiceTests(SynchronousTestCase):
+    def setUp(self):
+        self.store = MemoryStore()
+        self.keys = KeyService(self.store, Clock(), counting_entropy())
+
+    def create(self, tenant="acme", admin=False):
+        return self.successResultOf(Deferred.fromCoroutine(self.keys.create(tenant, admin, "note")))
+
+    def auth(self, secret):
+        return Deferred.fromCoroutine(self.keys.authenticate(secret))
+
+    def test_create_and_authenticate(self):
+        """A new key authenticates as its tenant and role; only its hash is stored."""
+        key, secret = self.create(admin=True)
+        self.assertTrue(secret.startswith("spk_"))
+        self.assertEqual(self.successResultOf(self.auth(secret)), key)
+        self.assertEqual(list(self.store.keys), [hash_secret(secret)])
+
+    def test_missing_and_wrong(self):
+        """No key and a wrong key are Unauthorized, with different messages."""
+        self.create()
+        missing = self.failureResultOf(self.auth(None), Unauthorized)
+        wrong = self.failureResultOf(self.auth("spk_wrong"), Unauthorized)
+        self.assertIn("missing", str(missing.value))
+        self.assertIn("invalid", str(wrong.value))
+        self.failureResultOf(self.auth("x" * 10000), Unauthorized)
