@@ -1,0 +1,182 @@
+"""The REST API in memory (StubTreq): keys, tenancy, bodies, console URLs."""
+
+import itertools
+import json
+from urllib.parse import parse_qs, urlsplit
+
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from serialproxy.api import API, console_url
+from serialproxy.config import load_config
+from serialproxy.sessions import SessionManager
+from serialproxy.testing import MemoryStore
+from serialproxy.tokens import KeyService, TokenService, hash_secret
+
+
+def entropy():
+    counter = itertools.count(1)
+    return lambda n: next(counter).to_bytes(4, "big").rjust(n, b"\x07")
+
+
+class APITests(SynchronousTestCase):
+    def setUp(self, enabled="true"):
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        self.store = MemoryStore()
+        random = entropy()
+        keys = KeyService(self.store, self.clock, random)
+        tokens = TokenService(self.store, self.clock, 600, random)
+        sessions = SessionManager(self.store, tokens, self.clock, "node", entropy=random)
+        config = load_config(None, {"enabled": enabled})
+        self.api = API(config, self.store, keys, tokens, sessions, self.clock,
+                       lambda: "ws://proxy.example.com:6083/", random)
+        self.treq = StubTreq(self.api.app.resource())
+        self.admin = self.key(keys, "ops", True)
+        self.acme = self.key(keys, "acme", False)
+        self.other = self.key(keys, "other", False)
+
+    def key(self, keys, tenant, admin):
+        return self.successResultOf(Deferred.fromCoroutine(keys.create(tenant, admin)))[1]
+
+    def call(self, method, path, key=None, body=None):
+        headers = {"X-Auth-Token": key} if key else {}
+        data = json.dumps(body).encode() if body is not None and not isinstance(body, bytes) else body
+        response = self.successResultOf(self.treq.request(method, "http://proxy.example.com:6083" + path, headers=headers, data=data))
+        text = self.successResultOf(response.content())
+        return response.code, (json.loads(text) if text else None)
+
+    def register(self, tenant="acme", ports=(("127.0.0.1", 7000),)):
+        code, body = self.call("POST", "/v3/servers", self.admin, {"server": {
+            "name": "vm1", "tenant_id": tenant, "serial_ports": [{"host": h, "port": p} for h, p in ports]}})
+        self.assertEqual(code, 201, body)
+        return body["server"]["id"]
+
+    def test_register_server(self):
+        """An admin registers a server; the answer has its id, status and serial ports."""
+        code, body = self.call("POST", "/v3/servers", self.admin, {"server": {
+            "name": "vm1", "tenant_id": "acme", "serial_ports": [{"host": "127.0.0.1", "port": 7000}]}})
+        self.assertEqual(code, 201)
+        self.assertEqual(body["server"]["status"], "active")
+        self.assertEqual(body["server"]["serial_ports"], [{"index": 0, "host": "127.0.0.1", "port": 7000}])
+
+    def test_member_cannot_register(self):
+        """A member key may not register servers (403)."""
+        code, body = self.call("POST", "/v3/servers", self.acme, {"server": {}})
+        self.assertEqual(code, 403)
+        self.assertIn("admin", body["error"]["message"])
+
+    def test_bad_bodies(self):
+        """Bad server bodies answer 400 naming the field and the value."""
+        for body, expected in [
+            (b"{not json", "not valid JSON"),
+            ({"server": {"name": "x", "tenant_id": "acme", "serial_ports": [{"host": "127.0.0.1", "port": 70000}]}}, "server.serial_ports[0].port: 70000"),
+            ({"server": {"name": "x", "tenant_id": "a b", "serial_ports": [{"host": "h", "port": 1}]}}, "server.tenant_id: 'a b'"),
+            ({"server": {"name": "", "tenant_id": "acme", "serial_ports": [{"host": "h", "port": 1}]}}, "server.name"),
+            ({"server": {"name": "x", "tenant_id": "acme", "serial_ports": []}}, "server.serial_ports"),
+            ({"servers": {}}, "'server'"),
+        ]:
+            code, answer = self.call("POST", "/v3/servers", self.admin, body)
+            self.assertEqual((code, answer["error"]["code"]), (400, 400), body)
+            self.assertIn(expected, answer["error"]["message"])
+
+    def test_duplicate_serial_port(self):
+        """A host:port that another server has is a 409."""
+        self.register()
+        code, body = self.call("POST", "/v3/servers", self.admin, {"server": {
+            "name": "vm2", "tenant_id": "acme", "serial_ports": [{"host": "127.0.0.1", "port": 7000}]}})
+        self.assertEqual(code, 409)
+
+    def test_keys_required(self):
+        """No key and a wrong key are 401 with a JSON error."""
+        self.assertEqual(self.call("GET", "/v3/servers")[0], 401)
+        code, body = self.call("GET", "/v3/servers", "spk_nope")
+        self.assertEqual((code, body["error"]["code"]), (401, 401))
+
+    def test_list_and_show_by_tenant(self):
+        """Members see their own servers only (without VM addresses); admins see all."""
+        mine, theirs = self.register("acme", [("127.0.0.1", 1)]), self.register("other", [("127.0.0.1", 2)])
+        self.assertEqual([s["id"] for s in self.call("GET", "/v3/servers", self.acme)[1]["servers"]], [mine])
+        self.assertEqual(len(self.call("GET", "/v3/servers", self.admin)[1]["servers"]), 2)
+        code, body = self.call("GET", f"/v3/servers/{mine}", self.acme)
+        self.assertEqual((code, body["server"]["serial_ports"]), (200, [{"index": 0}]))
+        self.assertEqual(self.call("GET", f"/v3/servers/{theirs}", self.acme)[0], 404)
+
+    def test_other_tenant_is_not_found(self):
+        """Another tenant's server answers exactly like a missing one."""
+        theirs = self.register("other")
+        missing = "00000000-0000-4000-8000-000000000000"
+        for path in (f"/v3/servers/{{}}/get-serial-console", "/v2/acme/servers/{}/get-serial-console"):
+            hidden = self.call("POST", path.format(theirs), self.acme)
+            absent = self.call("POST", path.format(missing), self.acme)
+            self.assertEqual(hidden[0], 404)
+            self.assertEqual(hidden[1]["error"]["message"].replace(theirs, "X"), absent[1]["error"]["message"].replace(missing, "X"))
+
+    def test_v2_console(self):
+        """v2 answers 200 with a console URL carrying a token bound to the port."""
+        server = self.register(ports=[("127.0.0.1", 7000), ("127.0.0.1", 7001)])
+        code, body = self.call("POST", f"/v2/acme/servers/{server}/get-serial-console", self.acme,
+                               {"get_serial_console": {"type": "serial", "port": 1}})
+        self.assertEqual(code, 200)
+        console = body["serial_console"]
+        self.assertEqual((console["type"], console["port"]), ("serial", 1))
+        self.assertTrue(console["url"].startswith("ws://proxy.example.com:6083/?token="))
+        secret = parse_qs(urlsplit(console["url"]).query)["token"][0]
+        token = self.store.tokens[hash_secret(secret)]
+        self.assertEqual((token.server_id, token.port_index, token.port, token.expires - token.created), (server, 1, 7001, 600))
+
+    def test_v3_console(self):
+        """v3 answers 202, takes the tenant from the key, and needs no body."""
+        server = self.register()
+        code, body = self.call("POST", f"/v3/servers/{server}/get-serial-console", self.acme)
+        self.assertEqual((code, body["serial_console"]["port"]), (202, 0))
+
+    def test_v2_other_tenant_in_path(self):
+        """A member key cannot act for another tenant in the v2 path (403); an admin can."""
+        server = self.register("other")
+        self.assertEqual(self.call("POST", f"/v2/other/servers/{server}/get-serial-console", self.acme)[0], 403)
+        self.assertEqual(self.call("POST", f"/v2/other/servers/{server}/get-serial-console", self.admin)[0], 200)
+
+    def test_console_bad_requests(self):
+        """Another console type, a port the server lacks, or a bad body: 400 saying why."""
+        server = self.register()
+        path = f"/v3/servers/{server}/get-serial-console"
+        code, body = self.call("POST", path, self.acme, {"get_serial_console": {"type": "novnc"}})
+        self.assertEqual(code, 400)
+        self.assertIn("only 'serial'", body["error"]["message"])
+        code, body = self.call("POST", path, self.acme, {"get_serial_console": {"type": "serial", "port": 4}})
+        self.assertEqual(code, 400)
+        self.assertIn("port 4", body["error"]["message"])
+        self.assertEqual(self.call("POST", path, self.acme, {"get_serial_console": {"port": "one"}})[0], 400)
+        self.assertEqual(self.call("POST", path, self.acme, {"os-getSerialConsole": {"type": "serial"}})[0], 202)
+
+    def test_disabled(self):
+        """With enabled = false, asking for a console is a 400 saying how to enable it."""
+        self.setUp(enabled="false")
+        server = self.register()
+        code, body = self.call("POST", f"/v3/servers/{server}/get-serial-console", self.acme)
+        self.assertEqual(code, 400)
+        self.assertIn("enabled = true", body["error"]["message"])
+
+    def test_delete(self):
+        """Owners delete their servers (204); then the server is gone (404)."""
+        server = self.register()
+        self.assertEqual(self.call("DELETE", f"/v3/servers/{server}", self.other)[0], 404)
+        self.assertEqual(self.call("DELETE", f"/v3/servers/{server}", self.acme)[0], 204)
+        self.assertEqual(self.call("GET", f"/v3/servers/{server}", self.admin)[0], 404)
+
+    def test_unknown_route_and_method(self):
+        """Unknown paths are a JSON 404; wrong methods a JSON 405 listing the allowed ones."""
+        self.assertEqual(self.call("GET", "/v3/nothing", self.admin)[0], 404)
+        code, body = self.call("PUT", "/v3/servers", self.admin)
+        self.assertEqual(code, 405)
+        self.assertIn("GET", body["error"]["message"])
+
+
+class ConsoleURLTests(SynchronousTestCase):
+    def test_query_kept(self):
+        """A base URL with a query keeps it and gets the token added."""
+        self.assertEqual(console_url("wss://h/c?x=1", "T"), "wss://h/c?x=1&token=T")
+        self.assertEqual(console_url("ws://h:1", "T"), "ws://h:1/?token=T")
