@@ -23,6 +23,7 @@ setup(
     ],
     extras_require={
         "test": ["hypothesis>=6.100", "pytest>=8", "websockets>=12", "PyYAML>=6"],
+        "client": ["websockets>=12"],
     },
     entry_points={
         "console_scripts": ["serialproxy-manage = serialproxy.manage:main"],

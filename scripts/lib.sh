@@ -40,10 +40,12 @@ ensure_venv() {
   fi
   say "setting up $VENV"
   [ -x "$VENV/bin/python" ] || "$py" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' >&2 || true
+  local log="$VENV/pip-install.log"
   # compat mode puts the checkout on sys.path, so twistd finds twisted/plugins/.
-  "$VENV/bin/python" -m pip install -q -e "$ROOT$extras" --config-settings editable_mode=compat 2>&1 \
-    | grep -v '^WARNING: Location' >&2 || true
+  if ! { "$VENV/bin/python" -m pip install -q --upgrade pip &&
+         "$VENV/bin/python" -m pip install -q -e "$ROOT$extras" --config-settings editable_mode=compat; } >"$log" 2>&1; then
+    cat "$log" >&2; say "pip install failed (log: $log)"; return 1
+  fi
   "$VENV/bin/python" -c 'import serialproxy, klein, autobahn, psycopg2' || return 1
   echo "$stamp" > "$VENV/.serialproxy-stamp"
 }

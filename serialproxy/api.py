@@ -25,6 +25,7 @@ from .errors import (
     Forbidden,
     NotFound,
     SerialProxyError,
+    Unauthorized,
 )
 from .interfaces import ApiKey, IStore, SerialPort, Server
 from .sessions import SessionManager
@@ -71,6 +72,8 @@ def _body(request, required: bool = True) -> dict:
         return {}
     try:
         body = json.loads(raw)
+    except RecursionError:
+        raise BadRequest("request body is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise BadRequest(f"request body is not valid JSON: {e}") from None
     if not isinstance(body, dict):
@@ -121,7 +124,12 @@ class API:
     # helpers
 
     async def _caller(self, request) -> ApiKey:
-        return await self._keys.authenticate(request.getHeader("X-Auth-Token"))
+        raw = request.getHeader(b"X-Auth-Token")
+        try:
+            secret = raw.decode("ascii") if raw is not None else None
+        except UnicodeDecodeError:
+            raise Unauthorized("invalid API key in X-Auth-Token") from None
+        return await self._keys.authenticate(secret)
 
     async def _admin(self, request) -> ApiKey:
         key = await self._caller(request)

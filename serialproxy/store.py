@@ -161,7 +161,14 @@ class SQLStore:
         return self._db.run(_revoke_key_txn, key_id)
 
     def create_server(self, server):
-        return self._db.run(_create_server_txn, server)
+        d = self._db.run(_create_server_txn, server)
+        d.addErrback(self._integrity, f"server {server.id} or one of its serial ports exists already (registered at the same moment?)")
+        return d
+
+    def _integrity(self, failure, message):
+        """A UNIQUE constraint that another node's write broke becomes a Conflict."""
+        failure.trap(self._db.pool.dbapi.IntegrityError)
+        raise Conflict(message)
 
     def get_server(self, server_id):
         return self._db.run(_get_server_txn, server_id)

@@ -94,7 +94,10 @@ def console_body(body: dict) -> tuple:
     """``{"get_serial_console": {"type": "serial", "port": 0}}`` (all optional) -> (type, port)."""
     if not body:
         return "serial", 0
-    name = "get_serial_console" if "get_serial_console" in body else "os-getSerialConsole"
+    name = next((n for n in ("get_serial_console", "os-getSerialConsole") if n in body), None)
+    if name is None:
+        raise BadRequest(f"unknown field(s) {', '.join(sorted(body))}: expected "
+                         "{\"get_serial_console\": {\"type\": \"serial\", \"port\": 0}} (alias os-getSerialConsole), or no body")
     inner = _object(body, name)
     kind = inner.get("type", "serial")
     if kind != "serial":
