@@ -32,9 +32,9 @@ from .sessions import SessionManager
 from .tokens import KeyService, TokenService, new_id
 from . import validate
 
-__all__ = ["API", "console_url"]
+__all__ = ["API", "MAX_BODY", "console_url"]
 
-_MAX_BODY = 64 * 1024
+MAX_BODY = 64 * 1024
 
 
 def console_url(base: str, secret: str) -> str:
@@ -63,9 +63,9 @@ def _json(request, status: int, body) -> bytes:
 
 
 def _body(request, required: bool = True) -> dict:
-    raw = request.content.read(_MAX_BODY + 1) if request.content is not None else b""
-    if len(raw) > _MAX_BODY:
-        raise BadRequest(f"request body larger than {_MAX_BODY} bytes")
+    raw = request.content.read(MAX_BODY + 1) if request.content is not None else b""
+    if len(raw) > MAX_BODY:
+        raise BadRequest(f"request body larger than {MAX_BODY} bytes")
     if not raw.strip():
         if required:
             raise BadRequest("missing JSON request body")

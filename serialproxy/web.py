@@ -5,12 +5,19 @@ in a browser gets the console page. ``/v2/...`` and ``/v3/...`` are the REST
 API; anything else is a static file of the ``web`` directory.
 """
 
+import json
 import os
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.web import resource, server, static
 
-__all__ = ["Root", "make_site"]
+from .api import MAX_BODY
+
+__all__ = ["Root", "make_site", "BoundedRequest"]
+
+# An idle HTTP connection is dropped after this many seconds. A websocket is
+# no longer HTTP once upgraded: its liveness is checked by websocket pings.
+HTTP_TIMEOUT = 60
 
 
 def _is_websocket(request) -> bool:
@@ -38,8 +45,42 @@ class Root(resource.Resource):
         return self._static.getChild(name, request)
 
 
+class BoundedRequest(server.Request):
+    """A request whose body may not exceed MAX_BODY: bigger ones get 413 and a closed connection.
+
+    Twisted would otherwise spool any body to a temporary file before the
+    API sees it; here no client can make the proxy hold more than MAX_BODY.
+    """
+
+    _body_bytes = 0
+    _refused = False
+
+    def gotLength(self, length):
+        super().gotLength(0)  # in memory: at most MAX_BODY bytes ever go there
+        if length is not None and length > MAX_BODY:
+            self._refuse()
+
+    def handleContentChunk(self, data):
+        if self._refused:
+            return
+        self._body_bytes += len(data)
+        if self._body_bytes > MAX_BODY:
+            self._refuse()
+        else:
+            super().handleContentChunk(data)
+
+    def _refuse(self):
+        self._refused = True
+        body = json.dumps({"error": {"code": 413, "message": f"request body larger than {MAX_BODY} bytes"}}).encode()
+        self.channel.transport.write(
+            b"HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json\r\nConnection: close\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        self.channel.loseConnection()
+
+
 def make_site(api, console_factory, web_dir: str) -> server.Site:
     """The Site for the HTTP listener."""
-    site = server.Site(Root(api.app.resource(), WebSocketResource(console_factory), web_dir))
+    site = server.Site(Root(api.app.resource(), WebSocketResource(console_factory), web_dir), timeout=HTTP_TIMEOUT)
+    site.requestFactory = BoundedRequest
     site.displayTracebacks = False
     return site

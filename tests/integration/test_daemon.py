@@ -164,3 +164,6 @@ class DaemonTests(SynchronousTestCase):
         process, base = self.start("-y", os.path.join(ROOT, "serialproxy.tac"), env={"SERIALPROXY_CONFIG": self.config})
         code, body = self.http("GET", base.replace("ws://", "http://") + "v3/servers", admin)
         self.assertEqual((code, body), (200, {"servers": []}))
+        with urllib.request.urlopen(base.replace("ws://", "http://") + "?token=x", timeout=10) as page:
+            self.assertEqual(page.headers.get_content_type(), "text/html")
+            self.assertIn(b"new WebSocket(", page.read())
