@@ -11,6 +11,8 @@ from zope.interface import Interface
 
 __all__ = [
     "ApiKey",
+    "Hypervisor",
+    "Image",
     "ConsoleLock",
     "ConsoleToken",
     "IStore",
@@ -38,13 +40,45 @@ class SerialPort:
 
 
 @frozen
+class Hypervisor:
+    """A libvirt host whose VMs' serial ports bind on ``proxyclient_address``."""
+
+    id: str
+    name: str
+    libvirt_uri: str
+    proxyclient_address: str
+    port_range: tuple  # (low, high)
+    created: float
+
+
+@frozen
+class Image:
+    """A bootable image: kernel + initrd + command line, or a disk; ``metadata`` is a dict."""
+
+    id: str
+    name: str
+    kernel: str
+    initrd: str
+    cmdline: str
+    disk: str
+    metadata: dict
+    created: float
+
+
+@frozen
 class Server:
+    """A VM with serial ports: adopted (ports given) or booted by us on a hypervisor."""
+
     id: str
     name: str
     tenant_id: str
     status: str
     created: float
     serial_ports: tuple = ()
+    hypervisor_id: Optional[str] = None
+    image_id: Optional[str] = None
+    domain: str = ""
+    memory_mb: int = 0
 
 
 @frozen
@@ -120,3 +154,52 @@ class IStore(Interface):
 
     def renew_locks(node: str, expires: float):
         """Extend every lease held by ``node`` to ``expires``; how many."""
+
+    def set_server_status(server_id: str, status: str):
+        """Record a server's status; True if the server exists."""
+
+    def set_serial_ports(server_id: str, ports: tuple):
+        """Replace a server's serial ports (as read back from its domain)."""
+
+    def create_hypervisor(hypervisor: Hypervisor):
+        """Store a hypervisor; Conflict if its name is taken."""
+
+    def find_hypervisor(id_or_name: str):
+        """The :class:`Hypervisor` with this id or name, or None."""
+
+    def list_hypervisors():
+        """Every hypervisor, oldest first."""
+
+    def create_image(image: Image):
+        """Store an image; Conflict if its name is taken."""
+
+    def find_image(id_or_name: str):
+        """The :class:`Image` with this id or name, or None."""
+
+    def list_images():
+        """Every image, oldest first."""
+
+    def claim_tested_port(hypervisor_id: str, low: int, high: int, server_id: str):
+        """Allocate the lowest tested free port in low..high to a server; the port or None."""
+
+    def known_ports(hypervisor_id: str):
+        """Every port of the hypervisor that has a row (allocated, free or foreign)."""
+
+    def record_port(hypervisor_id: str, port: int, server_id: Optional[str]):
+        """Remember a newly tested port: allocated to ``server_id``, or foreign for None.
+
+        False if another node recorded it first.
+        """
+
+    def release_ports(server_id: str):
+        """Free every port of a server (they stay tested); how many."""
+
+    def count_unavailable_ports(hypervisor_id: str, low: int, high: int):
+        """How many ports of low..high are allocated or foreign."""
+
+    def allocations(hypervisor_id: str):
+        """``{port: server_id}`` of the hypervisor's allocated ports."""
+
+    def adopt_ports(hypervisor_id: str, ports: tuple, server_id: str):
+        """Mark ports as allocated to ``server_id`` (a domain found running); the ports
+        another server holds are left alone and returned."""

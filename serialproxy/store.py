@@ -6,18 +6,23 @@ the database's: the console lock is a primary key, taken with
 ``INSERT ... ON CONFLICT DO NOTHING`` (sqlite and PostgreSQL alike).
 """
 
+import json
+
 from attrs import define
 from zope.interface import implementer
 
 from .database import Database
 from .errors import Conflict
-from .interfaces import ApiKey, ConsoleLock, ConsoleToken, IStore, SerialPort, Server
+from .interfaces import ApiKey, ConsoleLock, ConsoleToken, Hypervisor, Image, IStore, SerialPort, Server
 
 __all__ = ["SQLStore"]
 
 _KEY_COLUMNS = "id, tenant_id, is_admin, description, created"
 _TOKEN_COLUMNS = "token_hash, server_id, port_index, host, port, tenant_id, created, expires"
 _LOCK_COLUMNS = "server_id, port_index, session_id, node, peer, tenant_id, since, expires"
+_SERVER_COLUMNS = "id, name, tenant_id, status, created, hypervisor_id, image_id, domain, memory_mb"
+_HYPERVISOR_COLUMNS = "id, name, libvirt_uri, proxyclient_address, port_low, port_high, created"
+_IMAGE_COLUMNS = "id, name, kernel, initrd, cmdline, disk, metadata, created"
 
 
 def _key(row) -> ApiKey:
@@ -52,20 +57,23 @@ def _create_server_txn(cursor, server):
         if taken:
             raise Conflict(f"serial port {port.host}:{port.port} already belongs to server {taken[0]}")
     cursor.execute(
-        "INSERT INTO servers (id, name, tenant_id, status, created) VALUES (?, ?, ?, ?, ?)",
-        (server.id, server.name, server.tenant_id, server.status, server.created),
+        f"INSERT INTO servers ({_SERVER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (server.id, server.name, server.tenant_id, server.status, server.created,
+         server.hypervisor_id, server.image_id, server.domain, server.memory_mb),
     )
-    for port in server.serial_ports:
+    _insert_serial_ports(cursor, server.id, server.serial_ports)
+
+
+def _insert_serial_ports(cursor, server_id, ports):
+    for port in ports:
         cursor.execute(
             "INSERT INTO serial_ports (server_id, port_index, host, port) VALUES (?, ?, ?, ?)",
-            (server.id, port.index, port.host, port.port),
+            (server_id, port.index, port.host, port.port),
         )
 
 
 def _servers_txn(cursor, where, params):
-    rows = cursor.execute(
-        f"SELECT id, name, tenant_id, status, created FROM servers {where} ORDER BY created, id", params
-    ).fetchall()
+    rows = cursor.execute(f"SELECT {_SERVER_COLUMNS} FROM servers {where} ORDER BY created, id", params).fetchall()
     if not rows:
         return []
     ports = {}
@@ -76,7 +84,8 @@ def _servers_txn(cursor, where, params):
     ).fetchall()
     for server_id, index, host, port in port_rows:
         ports.setdefault(server_id, []).append(SerialPort(index, host, port))
-    return [Server(*row, serial_ports=tuple(ports.get(row[0], ()))) for row in rows]
+    return [Server(*row[:5], serial_ports=tuple(ports.get(row[0], ())), hypervisor_id=row[5], image_id=row[6],
+                   domain=row[7], memory_mb=row[8]) for row in rows]
 
 
 def _get_server_txn(cursor, server_id):
@@ -90,7 +99,17 @@ def _list_servers_txn(cursor, tenant_id):
     return _servers_txn(cursor, "WHERE tenant_id = ?", (tenant_id,))
 
 
+def _set_server_status_txn(cursor, server_id, status):
+    return cursor.execute("UPDATE servers SET status = ? WHERE id = ?", (status, server_id)).rowcount > 0
+
+
+def _set_serial_ports_txn(cursor, server_id, ports):
+    cursor.execute("DELETE FROM serial_ports WHERE server_id = ?", (server_id,))
+    _insert_serial_ports(cursor, server_id, ports)
+
+
 def _delete_server_txn(cursor, server_id):
+    cursor.execute("UPDATE port_allocations SET state = 'free', server_id = NULL WHERE server_id = ?", (server_id,))
     for table in ("console_locks", "console_tokens", "serial_ports"):
         cursor.execute(f"DELETE FROM {table} WHERE server_id = ?", (server_id,))
     return cursor.execute("DELETE FROM servers WHERE id = ?", (server_id,)).rowcount > 0
@@ -139,6 +158,105 @@ def _release_lock_txn(cursor, session_id):
 
 def _renew_locks_txn(cursor, node, expires):
     return cursor.execute("UPDATE console_locks SET expires = ? WHERE node = ?", (expires, node)).rowcount
+
+
+def _hypervisor(row) -> Hypervisor:
+    return Hypervisor(row[0], row[1], row[2], row[3], (row[4], row[5]), row[6])
+
+
+def _create_hypervisor_txn(cursor, hypervisor):
+    _unique_name(cursor, "hypervisors", "hypervisor", hypervisor.name)
+    low, high = hypervisor.port_range
+    cursor.execute(f"INSERT INTO hypervisors ({_HYPERVISOR_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                   (hypervisor.id, hypervisor.name, hypervisor.libvirt_uri, hypervisor.proxyclient_address,
+                    low, high, hypervisor.created))
+
+
+def _unique_name(cursor, table, kind, name):
+    if cursor.execute(f"SELECT id FROM {table} WHERE name = ?", (name,)).fetchone():
+        raise Conflict(f"a {kind} named {name!r} exists already")
+
+
+def _find_hypervisor_txn(cursor, id_or_name):
+    row = cursor.execute(f"SELECT {_HYPERVISOR_COLUMNS} FROM hypervisors WHERE id = ? OR name = ? ORDER BY id = ? DESC",
+                         (id_or_name, id_or_name, id_or_name)).fetchone()
+    return _hypervisor(row) if row else None
+
+
+def _list_hypervisors_txn(cursor):
+    return [_hypervisor(r) for r in cursor.execute(f"SELECT {_HYPERVISOR_COLUMNS} FROM hypervisors ORDER BY created, id").fetchall()]
+
+
+def _image(row) -> Image:
+    return Image(*row[:6], json.loads(row[6]), row[7])
+
+
+def _create_image_txn(cursor, image):
+    _unique_name(cursor, "images", "image", image.name)
+    cursor.execute(f"INSERT INTO images ({_IMAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                   (image.id, image.name, image.kernel, image.initrd, image.cmdline, image.disk,
+                    json.dumps(image.metadata, sort_keys=True), image.created))
+
+
+def _find_image_txn(cursor, id_or_name):
+    row = cursor.execute(f"SELECT {_IMAGE_COLUMNS} FROM images WHERE id = ? OR name = ? ORDER BY id = ? DESC",
+                         (id_or_name, id_or_name, id_or_name)).fetchone()
+    return _image(row) if row else None
+
+
+def _list_images_txn(cursor):
+    return [_image(r) for r in cursor.execute(f"SELECT {_IMAGE_COLUMNS} FROM images ORDER BY created, id").fetchall()]
+
+
+def _claim_tested_port_txn(cursor, hypervisor_id, low, high, server_id):
+    row = cursor.execute(
+        "SELECT MIN(port) FROM port_allocations WHERE hypervisor_id = ? AND state = 'free' AND port BETWEEN ? AND ?",
+        (hypervisor_id, low, high)).fetchone()
+    if row is None or row[0] is None:
+        return None
+    claimed = cursor.execute(
+        "UPDATE port_allocations SET state = 'allocated', server_id = ? "
+        "WHERE hypervisor_id = ? AND port = ? AND state = 'free'", (server_id, hypervisor_id, row[0])).rowcount
+    return row[0] if claimed == 1 else _claim_tested_port_txn(cursor, hypervisor_id, low, high, server_id)
+
+
+def _known_ports_txn(cursor, hypervisor_id):
+    return [r[0] for r in cursor.execute("SELECT port FROM port_allocations WHERE hypervisor_id = ?", (hypervisor_id,)).fetchall()]
+
+
+def _record_port_txn(cursor, hypervisor_id, port, server_id):
+    return cursor.execute(
+        "INSERT INTO port_allocations (hypervisor_id, port, state, server_id) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        (hypervisor_id, port, "allocated" if server_id else "foreign", server_id)).rowcount == 1
+
+
+def _release_ports_txn(cursor, server_id):
+    return cursor.execute("UPDATE port_allocations SET state = 'free', server_id = NULL WHERE server_id = ?",
+                          (server_id,)).rowcount
+
+
+def _count_unavailable_ports_txn(cursor, hypervisor_id, low, high):
+    return cursor.execute(
+        "SELECT COUNT(*) FROM port_allocations WHERE hypervisor_id = ? AND state <> 'free' AND port BETWEEN ? AND ?",
+        (hypervisor_id, low, high)).fetchone()[0]
+
+
+def _allocations_txn(cursor, hypervisor_id):
+    return dict(cursor.execute("SELECT port, server_id FROM port_allocations WHERE hypervisor_id = ? AND state = 'allocated'",
+                               (hypervisor_id,)).fetchall())
+
+
+def _adopt_ports_txn(cursor, hypervisor_id, ports, server_id):
+    held = []
+    for port in ports:
+        cursor.execute("INSERT INTO port_allocations (hypervisor_id, port, state, server_id) VALUES (?, ?, 'allocated', ?) "
+                       "ON CONFLICT DO NOTHING", (hypervisor_id, port, server_id))
+        taken = cursor.execute(
+            "UPDATE port_allocations SET state = 'allocated', server_id = ? WHERE hypervisor_id = ? AND port = ? "
+            "AND (server_id IS NULL OR server_id = ?)", (server_id, hypervisor_id, port, server_id)).rowcount
+        if not taken:
+            held.append(port)
+    return held
 
 
 @implementer(IStore)
@@ -196,3 +314,52 @@ class SQLStore:
 
     def renew_locks(self, node, expires):
         return self._db.run(_renew_locks_txn, node, expires)
+
+    def set_server_status(self, server_id, status):
+        return self._db.run(_set_server_status_txn, server_id, status)
+
+    def set_serial_ports(self, server_id, ports):
+        return self._db.run(_set_serial_ports_txn, server_id, ports)
+
+    def create_hypervisor(self, hypervisor):
+        d = self._db.run(_create_hypervisor_txn, hypervisor)
+        d.addErrback(self._integrity, f"a hypervisor named {hypervisor.name!r} exists already")
+        return d
+
+    def find_hypervisor(self, id_or_name):
+        return self._db.run(_find_hypervisor_txn, id_or_name)
+
+    def list_hypervisors(self):
+        return self._db.run(_list_hypervisors_txn)
+
+    def create_image(self, image):
+        d = self._db.run(_create_image_txn, image)
+        d.addErrback(self._integrity, f"an image named {image.name!r} exists already")
+        return d
+
+    def find_image(self, id_or_name):
+        return self._db.run(_find_image_txn, id_or_name)
+
+    def list_images(self):
+        return self._db.run(_list_images_txn)
+
+    def claim_tested_port(self, hypervisor_id, low, high, server_id):
+        return self._db.run(_claim_tested_port_txn, hypervisor_id, low, high, server_id)
+
+    def known_ports(self, hypervisor_id):
+        return self._db.run(_known_ports_txn, hypervisor_id)
+
+    def record_port(self, hypervisor_id, port, server_id):
+        return self._db.run(_record_port_txn, hypervisor_id, port, server_id)
+
+    def release_ports(self, server_id):
+        return self._db.run(_release_ports_txn, server_id)
+
+    def count_unavailable_ports(self, hypervisor_id, low, high):
+        return self._db.run(_count_unavailable_ports_txn, hypervisor_id, low, high)
+
+    def allocations(self, hypervisor_id):
+        return self._db.run(_allocations_txn, hypervisor_id)
+
+    def adopt_ports(self, hypervisor_id, ports, server_id):
+        return self._db.run(_adopt_ports_txn, hypervisor_id, ports, server_id)

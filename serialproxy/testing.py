@@ -37,6 +37,9 @@ class MemoryStore:
     servers: dict = field(factory=dict)
     tokens: dict = field(factory=dict)
     locks: dict = field(factory=dict)  # (server_id, port_index) -> ConsoleLock
+    hypervisors: dict = field(factory=dict)
+    images: dict = field(factory=dict)
+    ports: dict = field(factory=dict)  # (hypervisor_id, port) -> (state, server_id)
 
     def create_key(self, key, key_hash):
         def create():
@@ -76,6 +79,7 @@ class MemoryStore:
         return succeed(sorted(found, key=lambda s: (s.created, s.id)))
 
     def delete_server(self, server_id):
+        self.release_ports(server_id)
         existed = self.servers.pop(server_id, None) is not None
         self.tokens = {h: t for h, t in self.tokens.items() if t.server_id != server_id}
         self.locks = {c: lock for c, lock in self.locks.items() if c[0] != server_id}
@@ -110,6 +114,84 @@ class MemoryStore:
         mine = {c: evolve(lock, expires=expires) for c, lock in self.locks.items() if lock.node == node}
         self.locks.update(mine)
         return succeed(len(mine))
+
+    def set_server_status(self, server_id, status):
+        if server_id not in self.servers:
+            return succeed(False)
+        self.servers[server_id] = evolve(self.servers[server_id], status=status)
+        return succeed(True)
+
+    def set_serial_ports(self, server_id, ports):
+        self.servers[server_id] = evolve(self.servers[server_id], serial_ports=tuple(ports))
+        return succeed(None)
+
+    def _create_named(self, table, kind, record):
+        def create():
+            if any(r.name == record.name for r in table.values()):
+                raise Conflict(f"a {kind} named {record.name!r} exists already")
+            table[record.id] = record
+        return _result(create)
+
+    def _find_named(self, table, id_or_name):
+        found = table.get(id_or_name) or next((r for r in table.values() if r.name == id_or_name), None)
+        return succeed(found)
+
+    def create_hypervisor(self, hypervisor):
+        return self._create_named(self.hypervisors, "hypervisor", hypervisor)
+
+    def find_hypervisor(self, id_or_name):
+        return self._find_named(self.hypervisors, id_or_name)
+
+    def list_hypervisors(self):
+        return succeed(sorted(self.hypervisors.values(), key=lambda h: (h.created, h.id)))
+
+    def create_image(self, image):
+        return self._create_named(self.images, "image", copy.deepcopy(image))
+
+    def find_image(self, id_or_name):
+        return self._find_named(self.images, id_or_name)
+
+    def list_images(self):
+        return succeed(sorted(self.images.values(), key=lambda i: (i.created, i.id)))
+
+    def claim_tested_port(self, hypervisor_id, low, high, server_id):
+        free = sorted(p for (h, p), (state, _) in self.ports.items() if h == hypervisor_id and state == "free" and low <= p <= high)
+        if not free:
+            return succeed(None)
+        self.ports[(hypervisor_id, free[0])] = ("allocated", server_id)
+        return succeed(free[0])
+
+    def known_ports(self, hypervisor_id):
+        return succeed([p for (h, p) in self.ports if h == hypervisor_id])
+
+    def record_port(self, hypervisor_id, port, server_id):
+        if (hypervisor_id, port) in self.ports:
+            return succeed(False)
+        self.ports[(hypervisor_id, port)] = ("allocated", server_id) if server_id else ("foreign", None)
+        return succeed(True)
+
+    def release_ports(self, server_id):
+        mine = [k for k, (state, owner) in self.ports.items() if owner == server_id]
+        for key in mine:
+            self.ports[key] = ("free", None)
+        return succeed(len(mine))
+
+    def count_unavailable_ports(self, hypervisor_id, low, high):
+        return succeed(sum(1 for (h, p), (state, _) in self.ports.items()
+                           if h == hypervisor_id and state != "free" and low <= p <= high))
+
+    def allocations(self, hypervisor_id):
+        return succeed({p: owner for (h, p), (state, owner) in self.ports.items() if h == hypervisor_id and state == "allocated"})
+
+    def adopt_ports(self, hypervisor_id, ports, server_id):
+        held = []
+        for port in ports:
+            state, owner = self.ports.get((hypervisor_id, port), ("free", None))
+            if owner not in (None, server_id):
+                held.append(port)
+            else:
+                self.ports[(hypervisor_id, port)] = ("allocated", server_id)
+        return succeed(held)
 
 
 class InlineThreadPool:

@@ -4,7 +4,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from serialproxy.errors import Conflict
-from serialproxy.interfaces import ApiKey, ConsoleLock, ConsoleToken, IStore, SerialPort, Server
+from serialproxy.interfaces import ApiKey, ConsoleLock, ConsoleToken, Hypervisor, Image, IStore, SerialPort, Server
 from serialproxy.store import SQLStore
 from serialproxy.testing import MemoryStore, inline_database
 
@@ -131,6 +131,75 @@ class StoreContract:
     def test_release_unknown_session(self):
         """Releasing a session that holds nothing is harmless."""
         self.successResultOf(self.store.release_lock("nobody"))
+
+
+    def hypervisor(self, hid="h1", name="hv1"):
+        hypervisor = Hypervisor(hid, name, "test:///default", "127.0.0.1", (10000, 10009), 1.0)
+        self.get(self.store.create_hypervisor(hypervisor))
+        return hypervisor
+
+    def test_hypervisors(self):
+        """Hypervisors are found by id or name; a name is taken once."""
+        one = self.hypervisor()
+        self.assertEqual(self.get(self.store.find_hypervisor("h1")), one)
+        self.assertEqual(self.get(self.store.find_hypervisor("hv1")), one)
+        self.assertIsNone(self.get(self.store.find_hypervisor("nope")))
+        self.failureResultOf(self.store.create_hypervisor(Hypervisor("h2", "hv1", "x", "", (1, 2), 2.0)), Conflict)
+        self.assertEqual(self.get(self.store.list_hypervisors()), [one])
+
+    def test_images(self):
+        """Images keep their metadata; a name is taken once."""
+        image = Image("i1", "tiny", "/k", "/i", "console=ttyS0", "", {"serial_ports": "2"}, 1.0)
+        self.get(self.store.create_image(image))
+        self.assertEqual(self.get(self.store.find_image("tiny")), image)
+        self.assertEqual(self.get(self.store.find_image("i1")), image)
+        self.failureResultOf(self.store.create_image(Image("i2", "tiny", "", "", "", "/d", {}, 2.0)), Conflict)
+        self.assertEqual(self.get(self.store.list_images()), [image])
+
+    def test_booted_server_fields(self):
+        """A server booted on a hypervisor keeps its hypervisor, image, domain and memory; status changes."""
+        self.hypervisor()
+        server = Server("s9", "vm", "acme", "building", 1.0, (SerialPort(0, "127.0.0.1", 10000),), "h1", "i1", "dom-s9", 128)
+        self.get(self.store.create_server(server))
+        self.assertEqual(self.get(self.store.get_server("s9")), server)
+        self.assertTrue(self.get(self.store.set_server_status("s9", "active")))
+        self.assertFalse(self.get(self.store.set_server_status("nope", "active")))
+        self.get(self.store.set_serial_ports("s9", (SerialPort(0, "127.0.0.1", 10005),)))
+        found = self.get(self.store.get_server("s9"))
+        self.assertEqual((found.status, found.serial_ports[0].port), ("active", 10005))
+
+    def test_port_rows(self):
+        """Tested ports are recorded once; released ones are claimed again lowest first."""
+        self.hypervisor()
+        self.assertIsNone(self.get(self.store.claim_tested_port("h1", 10000, 10009, "s1")))
+        self.assertTrue(self.get(self.store.record_port("h1", 10000, "s1")))
+        self.assertFalse(self.get(self.store.record_port("h1", 10000, "s2")))
+        self.assertTrue(self.get(self.store.record_port("h1", 10001, None)))  # in use by something else
+        self.assertTrue(self.get(self.store.record_port("h1", 10002, "s1")))
+        self.assertEqual(sorted(self.get(self.store.known_ports("h1"))), [10000, 10001, 10002])
+        self.assertEqual(self.get(self.store.allocations("h1")), {10000: "s1", 10002: "s1"})
+        self.assertEqual(self.get(self.store.count_unavailable_ports("h1", 10000, 10009)), 3)
+        self.assertEqual(self.get(self.store.release_ports("s1")), 2)
+        self.assertEqual(self.get(self.store.count_unavailable_ports("h1", 10000, 10009)), 1)
+        self.assertEqual(self.get(self.store.claim_tested_port("h1", 10000, 10009, "s3")), 10000)
+        self.assertEqual(self.get(self.store.claim_tested_port("h1", 10001, 10009, "s3")), 10002)
+        self.assertIsNone(self.get(self.store.claim_tested_port("h1", 10000, 10009, "s3")))
+
+    def test_adopt_ports(self):
+        """Adopting marks ports allocated, except those another server holds."""
+        self.hypervisor()
+        self.get(self.store.record_port("h1", 10003, "other"))
+        self.assertEqual(self.get(self.store.adopt_ports("h1", (10003, 10004), "s1")), [10003])
+        self.assertEqual(self.get(self.store.allocations("h1")), {10003: "other", 10004: "s1"})
+        self.assertEqual(self.get(self.store.adopt_ports("h1", (10004,), "s1")), [])
+
+    def test_delete_server_frees_its_ports(self):
+        """Deleting a server releases its port allocations."""
+        self.hypervisor()
+        self.get(self.store.create_server(_server("s1", ports=(("127.0.0.1", 10000),))))
+        self.get(self.store.record_port("h1", 10000, "s1"))
+        self.get(self.store.delete_server("s1"))
+        self.assertEqual(self.get(self.store.allocations("h1")), {})
 
 
 class MemoryStoreTests(StoreContract, SynchronousTestCase):
