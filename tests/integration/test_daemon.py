@@ -21,6 +21,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from serialproxy.config import OPTIONS
+from serialproxy.database import current_version
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.dirname(sys.executable)
@@ -124,7 +125,7 @@ class DaemonTests(SynchronousTestCase):
         self.assertFalse(os.path.exists(os.path.join(self.dir, "state")))
         key = self.manage("create-key", "--tenant", "acme", "--admin")
         self.assertRegex(key, r"^spk_[A-Za-z0-9_-]{43}$")
-        self.assertEqual(self.manage("db", "version"), "1")
+        self.assertEqual(self.manage("db", "version"), str(current_version()))
         listed = self.manage("list-keys")
         self.assertIn("tenant=acme", listed)
         self.assertNotIn(key, listed)
