@@ -15,6 +15,7 @@ __all__ = [
     "Image",
     "ConsoleLock",
     "ConsoleToken",
+    "IHypervisorDriver",
     "IStore",
     "SerialPort",
     "Server",
@@ -49,6 +50,7 @@ class Hypervisor:
     proxyclient_address: str
     port_range: tuple  # (low, high)
     created: float
+    virt_type: str = "qemu"  # "kvm" where KVM is usable; "qemu" (TCG) works everywhere
 
 
 @frozen
@@ -203,3 +205,25 @@ class IStore(Interface):
     def adopt_ports(hypervisor_id: str, ports: tuple, server_id: str):
         """Mark ports as allocated to ``server_id`` (a domain found running); the ports
         another server holds are left alone and returned."""
+
+
+class IHypervisorDriver(Interface):
+    """Libvirt, one URI per hypervisor. Every method returns a Deferred."""
+
+    def boot(uri: str, xml: str):
+        """Define the domain and start it."""
+
+    def destroy(uri: str, name: str):
+        """Stop (if running) and undefine a domain; False if there was none."""
+
+    def state(uri: str, name: str):
+        """'active', 'paused', 'shutoff' or 'error'; None for no such domain."""
+
+    def domain_xml(uri: str, name: str):
+        """The live XML of a domain, or None for no such domain."""
+
+    def domains(uri: str):
+        """``[(name, live XML)]`` of every domain on the hypervisor."""
+
+    def set_owner(uri: str, name: str, server_id: str, tenant_id: str):
+        """Write our metadata into an existing domain (adoption)."""

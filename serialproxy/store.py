@@ -21,7 +21,7 @@ _KEY_COLUMNS = "id, tenant_id, is_admin, description, created"
 _TOKEN_COLUMNS = "token_hash, server_id, port_index, host, port, tenant_id, created, expires"
 _LOCK_COLUMNS = "server_id, port_index, session_id, node, peer, tenant_id, since, expires"
 _SERVER_COLUMNS = "id, name, tenant_id, status, created, hypervisor_id, image_id, domain, memory_mb"
-_HYPERVISOR_COLUMNS = "id, name, libvirt_uri, proxyclient_address, port_low, port_high, created"
+_HYPERVISOR_COLUMNS = "id, name, libvirt_uri, proxyclient_address, port_low, port_high, created, virt_type"
 _IMAGE_COLUMNS = "id, name, kernel, initrd, cmdline, disk, metadata, created"
 
 
@@ -161,15 +161,15 @@ def _renew_locks_txn(cursor, node, expires):
 
 
 def _hypervisor(row) -> Hypervisor:
-    return Hypervisor(row[0], row[1], row[2], row[3], (row[4], row[5]), row[6])
+    return Hypervisor(row[0], row[1], row[2], row[3], (row[4], row[5]), row[6], row[7])
 
 
 def _create_hypervisor_txn(cursor, hypervisor):
     _unique_name(cursor, "hypervisors", "hypervisor", hypervisor.name)
     low, high = hypervisor.port_range
-    cursor.execute(f"INSERT INTO hypervisors ({_HYPERVISOR_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+    cursor.execute(f"INSERT INTO hypervisors ({_HYPERVISOR_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                    (hypervisor.id, hypervisor.name, hypervisor.libvirt_uri, hypervisor.proxyclient_address,
-                    low, high, hypervisor.created))
+                    low, high, hypervisor.created, hypervisor.virt_type))
 
 
 def _unique_name(cursor, table, kind, name):

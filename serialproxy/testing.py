@@ -6,6 +6,7 @@ without threads, so unit tests stay synchronous.
 """
 
 import copy
+import xml.etree.ElementTree as ET
 
 from attrs import define, evolve, field
 from twisted.enterprise import adbapi
@@ -14,10 +15,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .database import Database, _prepare_sqlite, parse_url, upgrade
+from .domain import NAMESPACE
 from .errors import Conflict
-from .interfaces import IStore
+from .interfaces import IHypervisorDriver, IStore
+from .libvirt_driver import HypervisorError
 
-__all__ = ["MemoryStore", "InlineThreadPool", "InlineReactor", "inline_database"]
+__all__ = ["MemoryStore", "FakeHypervisorDriver", "InlineThreadPool", "InlineReactor", "inline_database"]
 
 
 def _result(fn):
@@ -238,3 +241,59 @@ def inline_database(url: str) -> Database:
     pool.threadpool = InlineThreadPool()
     pool.running = True
     return Database(pool, dialect)
+
+
+@implementer(IHypervisorDriver)
+@define
+class FakeHypervisorDriver:
+    """:class:`IHypervisorDriver` in memory: ``{uri: {name: [xml, state]}}``.
+
+    ``fail_boot`` makes the next boot fail, as a broken image would.
+    """
+
+    hypervisors: dict = field(factory=dict)
+    fail_boot: str = ""
+
+    def _domains(self, uri):
+        return self.hypervisors.setdefault(uri, {})
+
+    def boot(self, uri, xml):
+        def boot():
+            name = ET.fromstring(xml).findtext("name")
+            if self.fail_boot:
+                message, self.fail_boot = self.fail_boot, ""
+                raise HypervisorError(f"libvirt at {uri}: {message}")
+            domains = self._domains(uri)
+            if name in domains:
+                raise HypervisorError(f"libvirt at {uri}: domain '{name}' already exists")
+            domains[name] = [xml, "active"]
+            return name
+        return _result(boot)
+
+    def destroy(self, uri, name):
+        return succeed(self._domains(uri).pop(name, None) is not None)
+
+    def state(self, uri, name):
+        found = self._domains(uri).get(name)
+        return succeed(found[1] if found else None)
+
+    def domain_xml(self, uri, name):
+        found = self._domains(uri).get(name)
+        return succeed(found[0] if found else None)
+
+    def domains(self, uri):
+        return succeed([(name, xml) for name, (xml, state) in self._domains(uri).items()])
+
+    def set_owner(self, uri, name, server_id, tenant_id):
+        def set_owner():
+            found = self._domains(uri).get(name)
+            if found is None:
+                raise HypervisorError(f"libvirt at {uri}: no domain {name!r}")
+            root = ET.fromstring(found[0])
+            metadata = root.find("metadata") if root.find("metadata") is not None else ET.SubElement(root, "metadata")
+            for old in metadata.findall(f"{{{NAMESPACE}}}server"):
+                metadata.remove(old)
+            server = ET.SubElement(metadata, f"{{{NAMESPACE}}}server", id=server_id)
+            ET.SubElement(server, f"{{{NAMESPACE}}}tenant").text = tenant_id
+            found[0] = ET.tostring(root, encoding="unicode")
+        return _result(set_owner)

@@ -8,6 +8,7 @@ CREATE TABLE hypervisors (
     proxyclient_address TEXT NOT NULL,
     port_low INTEGER NOT NULL,
     port_high INTEGER NOT NULL,
+    virt_type TEXT NOT NULL,
     created DOUBLE PRECISION NOT NULL
 );
 

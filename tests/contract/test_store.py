@@ -134,7 +134,7 @@ class StoreContract:
 
 
     def hypervisor(self, hid="h1", name="hv1"):
-        hypervisor = Hypervisor(hid, name, "test:///default", "127.0.0.1", (10000, 10009), 1.0)
+        hypervisor = Hypervisor(hid, name, "test:///default", "127.0.0.1", (10000, 10009), 1.0, "kvm")
         self.get(self.store.create_hypervisor(hypervisor))
         return hypervisor
 
