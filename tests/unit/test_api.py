@@ -108,7 +108,7 @@ class APITests(SynchronousTestCase):
         """Another tenant's server answers exactly like a missing one."""
         theirs = self.register("other")
         missing = "00000000-0000-4000-8000-000000000000"
-        for path in (f"/v3/servers/{{}}/get-serial-console", "/v2/acme/servers/{}/get-serial-console"):
+        for path in ("/v3/servers/{}/get-serial-console", "/v2/acme/servers/{}/get-serial-console"):
             hidden = self.call("POST", path.format(theirs), self.acme)
             absent = self.call("POST", path.format(missing), self.acme)
             self.assertEqual(hidden[0], 404)
