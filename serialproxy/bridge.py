@@ -13,9 +13,10 @@ from typing import ClassVar, Optional
 from attrs import define, field
 from twisted.internet import endpoints
 from twisted.internet.error import ConnectError, DNSLookupError, TimeoutError
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
-from zope.interface import Attribute, Interface
+from zope.interface import Attribute, Interface, implementer
 
 from .errors import CloseCode, SerialProxyError
 
@@ -65,6 +66,29 @@ class _VMProtocol(Protocol):
         self._bridge.vm_lost(reason)
 
 
+@implementer(IPushProducer)
+class _Throttle:
+    """Pauses and resumes a transport's reading for its peer; never closes it.
+
+    A transport calls its producer's stopProducing() when its own connection
+    is lost, before its protocol hears of it; registering the peer transport
+    itself would drop the peer at once (no websocket close handshake). The
+    bridge closes the peer instead, in vm_lost / client_lost.
+    """
+
+    def __init__(self, transport):
+        self._transport = transport
+
+    def pauseProducing(self):
+        self._transport.pauseProducing()
+
+    def resumeProducing(self):
+        self._transport.resumeProducing()
+
+    def stopProducing(self):
+        pass
+
+
 @define
 class Bridge:
     """Pumps bytes between a client and a VM serial port, with flow control."""
@@ -95,8 +119,8 @@ class Bridge:
         # registered as that transport's producer: replace it.
         if getattr(client, "producer", None) is not None:
             client.unregisterProducer()
-        client.registerProducer(vm, True)
-        vm.registerProducer(client, True)
+        client.registerProducer(_Throttle(vm), True)
+        vm.registerProducer(_Throttle(client), True)
         client.resumeProducing()
 
     def from_client(self, data: bytes) -> None:

@@ -152,6 +152,8 @@ class ConsoleProtocol(WebSocketServerProtocol):
     # IConsoleClient
 
     def send(self, data: bytes) -> None:
+        if self.state != self.STATE_OPEN:
+            return  # closing: the VM's last bytes have nowhere to go
         if self._base64:
             self.sendMessage(base64.b64encode(data), isBinary=False)
         else:
@@ -161,7 +163,8 @@ class ConsoleProtocol(WebSocketServerProtocol):
         if self.state == self.STATE_OPEN:
             # Read again (we pause while attaching), or the client's close reply is never seen.
             self.transport.resumeProducing()
-            self.sendClose(int(code), close_reason(reason))
+            # Not sendClose(): it refuses 1001 and 1011, which RFC 6455 lets a server send.
+            self.sendCloseFrame(code=int(code), reasonUtf8=close_reason(reason).encode("utf-8"), isReply=False)
 
 
 class _Refusal(Exception):

@@ -79,14 +79,24 @@ class SessionTests(SynchronousTestCase):
         self.assertEqual(client.received, [b"bin etc\r\n"])
 
     def test_flow_control(self):
-        """Each transport is the other's streaming producer, and the client is resumed."""
+        """A full client buffer pauses the VM side and a full VM buffer pauses the client, both ways."""
         client, session, vm, vm_transport = self.attached()
-        self.assertIs(client.transport.producer, vm_transport)
         self.assertTrue(client.transport.streaming)
-        self.assertIs(vm_transport.producer, client.transport)
         self.assertEqual(client.transport.producerState, "producing")
-        client.transport.producer.pauseProducing()  # the client's buffer is full
+        client.transport.producer.pauseProducing()  # the client's send buffer is full
         self.assertEqual(vm_transport.producerState, "paused")
+        client.transport.producer.resumeProducing()
+        self.assertEqual(vm_transport.producerState, "producing")
+        vm_transport.producer.pauseProducing()  # the VM stopped reading
+        self.assertEqual(client.transport.producerState, "paused")
+        vm_transport.producer.resumeProducing()
+        self.assertEqual(client.transport.producerState, "producing")
+
+    def test_lost_side_does_not_drop_the_other(self):
+        """A transport stopping its producer (its own connection lost) leaves the peer for the bridge to close."""
+        client, session, vm, vm_transport = self.attached()
+        client.transport.producer.stopProducing()
+        self.assertNotEqual(vm_transport.producerState, "stopped")
 
     def test_second_writer_refused(self):
         """A second attach to a held console fails with ConsoleBusy naming the holder and since when."""
