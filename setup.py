@@ -20,6 +20,7 @@ setup(
         "attrs>=23.1",
         "treq>=23.11",
         "psycopg2-binary>=2.9",
+        "libvirt-python>=9.0",
     ],
     extras_require={
         "test": ["hypothesis>=6.100", "pytest>=8", "websockets>=12", "PyYAML>=6"],

@@ -34,6 +34,8 @@ ensure_venv() {
   local extras="${1:-}" py=python3 stamp
   python_ok "$py" || ensure_apt python3 python3-venv
   python_ok "$py" || { say "serialproxy needs Python 3.11 or newer with venv"; return 1; }
+  # libvirt-python builds from source against libvirt's headers.
+  ensure_apt pkg-config libvirt-dev gcc python3-dev
   stamp="$(cat "$ROOT/setup.py" | sha256sum | cut -c1-16)$extras"
   if [ -x "$VENV/bin/python" ] && [ "$(cat "$VENV/.serialproxy-stamp" 2>/dev/null)" = "$stamp" ]; then
     return 0
@@ -46,7 +48,7 @@ ensure_venv() {
          "$VENV/bin/python" -m pip install -q -e "$ROOT$extras" --config-settings editable_mode=compat; } >"$log" 2>&1; then
     cat "$log" >&2; say "pip install failed (log: $log)"; return 1
   fi
-  "$VENV/bin/python" -c 'import serialproxy, klein, autobahn, psycopg2' || return 1
+  "$VENV/bin/python" -c 'import serialproxy, klein, autobahn, psycopg2, libvirt' || return 1
   echo "$stamp" > "$VENV/.serialproxy-stamp"
 }
 

@@ -7,7 +7,6 @@ server that does not exist. Errors are ``{"error": {"code", "message"}}``.
 
 import datetime
 import json
-import os
 from typing import Callable, ClassVar, Optional
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -27,7 +26,8 @@ from .errors import (
     SerialProxyError,
     Unauthorized,
 )
-from .interfaces import ApiKey, IStore, SerialPort, Server
+from .interfaces import ApiKey, Hypervisor, Image, IStore, SerialPort, Server
+from .servers import Servers
 from .sessions import SessionManager
 from .tokens import KeyService, TokenService, new_id
 from . import validate
@@ -51,8 +51,24 @@ def _iso(seconds: float) -> str:
 
 def _server_json(server: Server, key: ApiKey) -> dict:
     ports = [{"index": p.index} | ({"host": p.host, "port": p.port} if key.is_admin else {}) for p in server.serial_ports]
-    return {"id": server.id, "name": server.name, "tenant_id": server.tenant_id, "status": server.status,
+    body = {"id": server.id, "name": server.name, "tenant_id": server.tenant_id, "status": server.status,
             "created": _iso(server.created), "serial_ports": ports}
+    if server.hypervisor_id:
+        body.update({"hypervisor_id": server.hypervisor_id, "image_id": server.image_id, "memory_mb": server.memory_mb})
+        if key.is_admin:
+            body["domain"] = server.domain
+    return body
+
+
+def _hypervisor_json(hypervisor: Hypervisor) -> dict:
+    return {"id": hypervisor.id, "name": hypervisor.name, "libvirt_uri": hypervisor.libvirt_uri,
+            "proxyclient_address": hypervisor.proxyclient_address, "virt_type": hypervisor.virt_type,
+            "port_range": f"{hypervisor.port_range[0]}:{hypervisor.port_range[1]}", "created": _iso(hypervisor.created)}
+
+
+def _image_json(image: Image) -> dict:
+    return {"id": image.id, "name": image.name, "kernel": image.kernel, "initrd": image.initrd,
+            "cmdline": image.cmdline, "disk": image.disk, "metadata": image.metadata, "created": _iso(image.created)}
 
 
 def _json(request, status: int, body) -> bytes:
@@ -92,7 +108,8 @@ class API:
     _sessions: SessionManager
     _clock: IReactorTime
     _base_url: Callable[[], str]
-    _entropy: Callable[[int], bytes] = os.urandom
+    _entropy: Callable[[int], bytes]
+    _servers: Servers
     app: ClassVar[Klein] = Klein()
     _log: ClassVar[Logger] = Logger()
 
@@ -148,17 +165,73 @@ class API:
 
     @app.route("/v3/servers", methods=["POST"])
     async def create_server(self, request):
-        """Register a server whose serial ports already listen (adopt)."""
-        await self._admin(request)
-        spec = validate.server_body(_body(request))
+        """Boot a server through libvirt (image + hypervisor), or register one whose serial ports listen."""
+        key = await self._admin(request)
+        body = _body(request)
+        if isinstance(body.get("server"), dict) and "serial_ports" not in body["server"]:
+            return await self._boot(request, key, validate.boot_body(body, with_tenant=True))
+        spec = validate.server_body(body)
         server = Server(new_id(self._entropy), spec["name"],
                         spec["tenant_id"], "active", self._clock.seconds(),
                         tuple(SerialPort(i, p["host"], p["port"]) for i, p in enumerate(spec["serial_ports"])))
-        await self._store.create_server(server)
+        await self._servers.register(server)
         self._log.info("registered server {id} ({name}) of tenant {tenant} with {n} serial ports",
                        id=server.id, name=server.name, tenant=server.tenant_id, n=len(server.serial_ports))
         request.setHeader(b"Location", f"/v3/servers/{server.id}".encode("ascii"))
         return _json(request, 201, {"server": _server_json(server, ApiKey("", "", True, "", 0))})
+
+    @app.route("/v2/<tenant_id>/servers", methods=["POST"])
+    async def boot_server_v2(self, request, tenant_id):
+        """A member boots a server for its own tenant."""
+        key = await self._caller(request)
+        if not key.is_admin and key.tenant_id != tenant_id:
+            raise Forbidden(f"this API key acts for tenant {key.tenant_id!r}, not {tenant_id!r}")
+        spec = validate.boot_body(_body(request), with_tenant=False)
+        spec["tenant_id"] = validate.tenant_id(tenant_id, "tenant_id")
+        return await self._boot(request, key, spec)
+
+    async def _boot(self, request, key, spec):
+        image = await self._store.find_image(spec["image"])
+        if image is None:
+            raise BadRequest(f"server.image: no image {spec['image']!r} (GET /v3/images lists them)")
+        hypervisor = await self._store.find_hypervisor(spec["hypervisor"])
+        if hypervisor is None:
+            raise BadRequest(f"server.hypervisor: no hypervisor {spec['hypervisor']!r}")
+        server = await self._servers.boot(spec["name"], spec["tenant_id"], image, hypervisor, spec["memory_mb"])
+        request.setHeader(b"Location", f"/v3/servers/{server.id}".encode("ascii"))
+        return _json(request, 202, {"server": _server_json(server, key)})
+
+    # hypervisors and images
+
+    @app.route("/v3/hypervisors", methods=["POST"])
+    async def create_hypervisor(self, request):
+        await self._admin(request)
+        spec = validate.hypervisor_body(_body(request), self._config.port_range, self._config.proxyclient_address)
+        hypervisor = Hypervisor(new_id(self._entropy), spec["name"], spec["libvirt_uri"], spec["proxyclient_address"],
+                                spec["port_range"], self._clock.seconds(), spec["virt_type"])
+        await self._servers.check_hypervisor(hypervisor)
+        await self._store.create_hypervisor(hypervisor)
+        self._log.info("registered hypervisor {name} at {uri}", name=hypervisor.name, uri=hypervisor.libvirt_uri)
+        return _json(request, 201, {"hypervisor": _hypervisor_json(hypervisor)})
+
+    @app.route("/v3/hypervisors", methods=["GET"])
+    async def list_hypervisors(self, request):
+        await self._admin(request)
+        return _json(request, 200, {"hypervisors": [_hypervisor_json(h) for h in await self._store.list_hypervisors()]})
+
+    @app.route("/v3/images", methods=["POST"])
+    async def create_image(self, request):
+        await self._admin(request)
+        spec = validate.image_body(_body(request))
+        image = Image(new_id(self._entropy), spec["name"], spec["kernel"], spec["initrd"], spec["cmdline"],
+                      spec["disk"], spec["metadata"], self._clock.seconds())
+        await self._store.create_image(image)
+        return _json(request, 201, {"image": _image_json(image)})
+
+    @app.route("/v3/images", methods=["GET"])
+    async def list_images(self, request):
+        await self._caller(request)
+        return _json(request, 200, {"images": [_image_json(i) for i in await self._store.list_images()]})
 
     @app.route("/v3/servers", methods=["GET"])
     async def list_servers(self, request):
@@ -169,14 +242,15 @@ class API:
     @app.route("/v3/servers/<server_id>", methods=["GET"])
     async def show_server(self, request, server_id):
         key = await self._caller(request)
-        return _json(request, 200, {"server": _server_json(await self._visible_server(key, server_id), key)})
+        server = await self._servers.refresh(await self._visible_server(key, server_id))
+        return _json(request, 200, {"server": _server_json(server, key)})
 
     @app.route("/v3/servers/<server_id>", methods=["DELETE"])
     async def delete_server(self, request, server_id):
         key = await self._caller(request)
         server = await self._visible_server(key, server_id)
+        await self._servers.delete(server)
         self._sessions.close_server(server.id, NotFound.close_code, "the server was deleted")
-        await self._store.delete_server(server.id)
         self._log.info("deleted server {id} by key {key}", id=server.id, key=key.id)
         request.setResponseCode(204)
         return b""
@@ -200,14 +274,11 @@ class API:
         if not self._config.enabled:
             raise ConsolesDisabled()
         kind, index = validate.console_body(_body(request, required=False))
-        server = await self._visible_server(key, server_id, tenant_id)
+        server = await self._servers.refresh(await self._visible_server(key, server_id, tenant_id))
         if server.status != "active":
             raise Conflict(f"server {server.id} is {server.status}, not active: its console cannot be reached")
-        ports = {p.index: p for p in server.serial_ports}
-        if index not in ports:
-            raise BadRequest(f"server {server.id} has {len(ports)} serial port(s), indexes 0 to {len(ports) - 1}; port {index} is not one of them"
-                             if ports else f"server {server.id} has no serial ports")
-        secret = await self._tokens.mint(server, ports[index])
+        port = await self._servers.console_port(server, index)
+        secret = await self._tokens.mint(server, port)
         self._log.info("console URL for {server}/{port} minted for key {key}", server=server.id, port=index, key=key.id)
         return _json(request, status, {"serial_console": {"type": kind, "port": index, "url": console_url(self._base_url(), secret)}})
 

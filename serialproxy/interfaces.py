@@ -202,6 +202,9 @@ class IStore(Interface):
     def allocations(hypervisor_id: str):
         """``{port: server_id}`` of the hypervisor's allocated ports."""
 
+    def mark_ports_foreign(hypervisor_id: str, ports: tuple):
+        """Ports found used by a domain that is not ours: never hand them out."""
+
     def adopt_ports(hypervisor_id: str, ports: tuple, server_id: str):
         """Mark ports as allocated to ``server_id`` (a domain found running); the ports
         another server holds are left alone and returned."""

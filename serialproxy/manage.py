@@ -1,4 +1,4 @@
-"""``serialproxy-manage``: the operator's command line (keys, database).
+"""``serialproxy-manage``: the operator's command line (keys, hypervisors, servers, database).
 
 Every command first brings the database to the current schema, so it works
 on a fresh install before the daemon ever ran. Secrets go to standard
@@ -6,6 +6,7 @@ output alone on their line, everything else to standard error, so that
 ``KEY=$(serialproxy-manage create-key --tenant t)`` works.
 """
 
+import os
 import sys
 
 from twisted.internet import defer, task
@@ -14,9 +15,13 @@ from twisted.python import usage
 from . import __version__
 from .config import load_config
 from .database import current_version, open_database, parse_url, upgrade
-from .errors import ConfigError, DatabaseError, SerialProxyError
+from .errors import ConfigError, DatabaseError, NotFound, SerialProxyError
+from .interfaces import Hypervisor
+from .libvirt_driver import LibvirtDriver
+from .ports import PortAllocator, PortProbe
+from .servers import Servers
 from .store import SQLStore
-from .tokens import KeyService
+from .tokens import KeyService, new_id
 from . import validate
 
 __all__ = ["main", "ManageOptions"]
@@ -50,6 +55,49 @@ class _Db(usage.Options):
         self["action"] = action
 
 
+class _HypervisorAdd(usage.Options):
+    synopsis = "--name NAME --uri LIBVIRT_URI [--proxyclient-address ADDR] [--port-range LOW:HIGH] [--virt-type qemu|kvm]"
+    optParameters = [["name", None, None, "the hypervisor's name"],
+                     ["uri", None, None, "libvirt URI: qemu:///system, qemu+ssh://root@host/system, test:///default"],
+                     ["proxyclient-address", None, None, "address its VM serial sockets bind to (default: [serial_console] proxyclient_address, else 127.0.0.1)"],
+                     ["port-range", None, None, "its serial port range (default: [serial_console] port_range)"],
+                     ["virt-type", None, "qemu", "qemu (TCG, works everywhere) or kvm"]]
+
+
+class _Hypervisor(usage.Options):
+    synopsis = "add [options] | list"
+    subCommands = [["add", None, _HypervisorAdd, "register a hypervisor"],
+                   ["list", None, usage.Options, "list hypervisors"]]
+
+    def postOptions(self):
+        if self.subCommand is None:
+            raise usage.UsageError("hypervisor needs add or list")
+
+
+class _ServerAdopt(usage.Options):
+    synopsis = "--hypervisor NAME --domain DOMAIN --tenant TENANT [--name NAME]"
+    optParameters = [["hypervisor", None, None, "the hypervisor (name or id) the domain runs on"],
+                     ["domain", None, None, "the libvirt domain, with <serial type='tcp'> devices"],
+                     ["tenant", "t", None, "the tenant that gets it"],
+                     ["name", None, None, "the server's name (default: the domain's)"]]
+
+    def postOptions(self):
+        for option in ("hypervisor", "domain", "tenant"):
+            if not self[option]:
+                raise usage.UsageError(f"--{option} is required")
+        validate.tenant_id(self["tenant"], "--tenant")
+
+
+class _Server(usage.Options):
+    synopsis = "adopt [options] | list"
+    subCommands = [["adopt", None, _ServerAdopt, "take an existing domain with TCP serial ports into a tenant"],
+                   ["list", None, usage.Options, "list servers"]]
+
+    def postOptions(self):
+        if self.subCommand is None:
+            raise usage.UsageError("server needs adopt or list")
+
+
 class ManageOptions(usage.Options):
     synopsis = "[--config FILE] [--database URL] COMMAND [options]"
     optParameters = [["config", "c", None, "serialproxy INI configuration file"],
@@ -59,6 +107,8 @@ class ManageOptions(usage.Options):
         ["list-keys", None, usage.Options, "list API keys (never their secrets)"],
         ["revoke-key", None, _RevokeKey, "delete an API key"],
         ["db", None, _Db, "db upgrade: bring the schema up to date; db version: show it"],
+        ["hypervisor", None, _Hypervisor, "hypervisor add|list"],
+        ["server", None, _Server, "server adopt|list"],
     ]
 
     def opt_version(self):
@@ -84,6 +134,8 @@ async def _keys_command(reactor, options) -> int:
         elif options.subCommand == "list-keys":
             for key in await store.list_keys():
                 print(f"{key.id}  tenant={key.tenant_id}  {'admin' if key.is_admin else 'member'}  {key.description}")
+        elif options.subCommand in ("hypervisor", "server"):
+            return await _libvirt_command(reactor, options, store)
         elif options.subCommand == "revoke-key":
             if not await store.revoke_key(sub["key_id"]):
                 print(f"serialproxy-manage: no API key with id {sub['key_id']!r}", file=sys.stderr)
@@ -92,6 +144,46 @@ async def _keys_command(reactor, options) -> int:
         return 0
     finally:
         database.close()
+
+
+async def _libvirt_command(reactor, options, store) -> int:
+    """hypervisor add|list, server adopt|list."""
+    sub = options.subOptions
+    action, args = sub.subCommand, sub.subOptions
+    if options.subCommand == "hypervisor" and action == "list":
+        for h in await store.list_hypervisors():
+            print(f"{h.id}  {h.name}  {h.libvirt_uri}  {h.proxyclient_address}  {h.port_range[0]}:{h.port_range[1]}  {h.virt_type}")
+        return 0
+    if options.subCommand == "server" and action == "list":
+        for s in await store.list_servers():
+            ports = " ".join(f"{p.index}={p.host}:{p.port}" for p in s.serial_ports)
+            print(f"{s.id}  {s.name}  tenant={s.tenant_id}  {s.status}  {ports}")
+        return 0
+    driver = LibvirtDriver(reactor)
+    driver.startService()
+    try:
+        servers = Servers(store, driver, PortAllocator(store, PortProbe(reactor)), reactor, os.urandom)
+        if options.subCommand == "hypervisor":
+            body = {"name": args["name"], "libvirt_uri": args["uri"], "virt_type": args["virt-type"]}
+            body.update({k: args[o] for k, o in (("proxyclient_address", "proxyclient-address"), ("port_range", "port-range")) if args[o]})
+            spec = validate.hypervisor_body({"hypervisor": body}, options.config.port_range, options.config.proxyclient_address)
+            hypervisor = Hypervisor(new_id(os.urandom), spec["name"], spec["libvirt_uri"], spec["proxyclient_address"],
+                                    spec["port_range"], reactor.seconds(), spec["virt_type"])
+            await servers.check_hypervisor(hypervisor)
+            await store.create_hypervisor(hypervisor)
+            print(hypervisor.id)
+            print(f"registered hypervisor {hypervisor.name} ({hypervisor.libvirt_uri})", file=sys.stderr)
+        else:
+            hypervisor = await store.find_hypervisor(args["hypervisor"])
+            if hypervisor is None:
+                raise NotFound(f"no hypervisor {args['hypervisor']!r} (serialproxy-manage hypervisor list)")
+            server = await servers.adopt(hypervisor, args["domain"], args["tenant"], args["name"])
+            print(server.id)
+            print(f"adopted domain {args['domain']} as server {server.id} of tenant {server.tenant_id} with serial ports "
+                  + ", ".join(f"{p.index}={p.host}:{p.port}" for p in server.serial_ports), file=sys.stderr)
+        return 0
+    finally:
+        driver.stopService()
 
 
 def _db_command(options) -> int:

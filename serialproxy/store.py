@@ -246,6 +246,14 @@ def _allocations_txn(cursor, hypervisor_id):
                                (hypervisor_id,)).fetchall())
 
 
+def _mark_ports_foreign_txn(cursor, hypervisor_id, ports):
+    for port in ports:
+        cursor.execute("INSERT INTO port_allocations (hypervisor_id, port, state, server_id) VALUES (?, ?, 'foreign', NULL) "
+                       "ON CONFLICT DO NOTHING", (hypervisor_id, port))
+        cursor.execute("UPDATE port_allocations SET state = 'foreign' WHERE hypervisor_id = ? AND port = ? AND state = 'free'",
+                       (hypervisor_id, port))
+
+
 def _adopt_ports_txn(cursor, hypervisor_id, ports, server_id):
     held = []
     for port in ports:
@@ -360,6 +368,9 @@ class SQLStore:
 
     def allocations(self, hypervisor_id):
         return self._db.run(_allocations_txn, hypervisor_id)
+
+    def mark_ports_foreign(self, hypervisor_id, ports):
+        return self._db.run(_mark_ports_foreign_txn, hypervisor_id, ports)
 
     def adopt_ports(self, hypervisor_id, ports, server_id):
         return self._db.run(_adopt_ports_txn, hypervisor_id, ports, server_id)

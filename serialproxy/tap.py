@@ -15,6 +15,9 @@ from .api import API
 from .config import OPTIONS, Config, load_config
 from .database import Database, open_database
 from .errors import ConfigError, DatabaseError
+from .libvirt_driver import LibvirtDriver
+from .ports import PortAllocator, PortProbe
+from .servers import Servers
 from .sessions import SessionManager
 from .store import SQLStore
 from .tokens import KeyService, TokenService, new_id
@@ -108,6 +111,26 @@ async def _maybe(result):
         await result
 
 
+class _ReconcileService(service.Service):
+    """At start, makes the database agree with every hypervisor's domains."""
+
+    def __init__(self, store, servers: Servers):
+        self._store = store
+        self._servers = servers
+
+    def startService(self):
+        super().startService()
+        self.done = Deferred.fromCoroutine(self._reconcile_all())
+
+    async def _reconcile_all(self):
+        for hypervisor in await self._store.list_hypervisors():
+            try:
+                await self._servers.reconcile(hypervisor)
+            except Exception:
+                _log.failure("reconciling hypervisor {name} failed; its ports stay as the database has them",
+                             name=hypervisor.name)
+
+
 def build_service(config: Config, reactor, entropy=os.urandom, database: Database = None) -> StagedService:
     """The whole node: database, token purge, console leases, HTTP listener."""
     top = StagedService()
@@ -121,8 +144,12 @@ def build_service(config: Config, reactor, entropy=os.urandom, database: Databas
     node = f"{socket.gethostname()}/{os.getpid()}/{new_id(entropy)[:8]}"
     sessions = SessionManager(store, tokens, reactor, node, entropy=entropy)
     sessions.service().setServiceParent(top)
+    driver = LibvirtDriver(reactor)
+    driver.setServiceParent(top)
+    servers = Servers(store, driver, PortAllocator(store, PortProbe(reactor)), reactor, entropy)
+    _ReconcileService(store, servers).setServiceParent(top)
     urls = ConsoleURLs(config)
-    api = API(config, store, KeyService(store, reactor, entropy), tokens, sessions, reactor, urls.base_url, entropy)
+    api = API(config, store, KeyService(store, reactor, entropy), tokens, sessions, reactor, urls.base_url, entropy, servers)
     site = make_site(api, ConsoleFactory(sessions, config.allowed_origins), config.web_dir)
     description = config.listen_endpoint()
     endpoint = _ListeningEndpoint(endpoints.serverFromString(reactor, description), urls, description)
@@ -131,6 +158,7 @@ def build_service(config: Config, reactor, entropy=os.urandom, database: Databas
     listener.setServiceParent(top)
     top.urls = urls
     top.sessions = sessions
+    top.servers = servers
     if config.record:
         _log.warn("record = true: session recording is not in this version yet; sessions are not recorded")
     return top

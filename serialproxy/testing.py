@@ -19,8 +19,9 @@ from .domain import NAMESPACE
 from .errors import Conflict
 from .interfaces import IHypervisorDriver, IStore
 from .libvirt_driver import HypervisorError
+from .ports import IPortProbe
 
-__all__ = ["MemoryStore", "FakeHypervisorDriver", "InlineThreadPool", "InlineReactor", "inline_database"]
+__all__ = ["MemoryStore", "FakeHypervisorDriver", "FakeProbe", "InlineThreadPool", "InlineReactor", "inline_database"]
 
 
 def _result(fn):
@@ -186,6 +187,13 @@ class MemoryStore:
     def allocations(self, hypervisor_id):
         return succeed({p: owner for (h, p), (state, owner) in self.ports.items() if h == hypervisor_id and state == "allocated"})
 
+    def mark_ports_foreign(self, hypervisor_id, ports):
+        for port in ports:
+            state, owner = self.ports.get((hypervisor_id, port), ("free", None))
+            if state == "free":
+                self.ports[(hypervisor_id, port)] = ("foreign", None)
+        return succeed(None)
+
     def adopt_ports(self, hypervisor_id, ports, server_id):
         held = []
         for port in ports:
@@ -297,3 +305,16 @@ class FakeHypervisorDriver:
             ET.SubElement(server, f"{{{NAMESPACE}}}tenant").text = tenant_id
             found[0] = ET.tostring(root, encoding="unicode")
         return _result(set_owner)
+
+
+@implementer(IPortProbe)
+class FakeProbe:
+    """A port probe that finds ``busy`` ports in use and records what it probed."""
+
+    def __init__(self, busy=()):
+        self.busy = set(busy)
+        self.probed = []
+
+    def is_free(self, hypervisor, port):
+        self.probed.append(port)
+        return succeed(port not in self.busy)

@@ -193,6 +193,16 @@ class StoreContract:
         self.assertEqual(self.get(self.store.allocations("h1")), {10003: "other", 10004: "s1"})
         self.assertEqual(self.get(self.store.adopt_ports("h1", (10004,), "s1")), [])
 
+    def test_foreign_ports(self):
+        """Ports another domain uses become foreign: never claimed, never counted free."""
+        self.hypervisor()
+        self.get(self.store.record_port("h1", 10000, "s1"))
+        self.get(self.store.release_ports("s1"))
+        self.get(self.store.mark_ports_foreign("h1", (10000, 10001)))
+        self.assertIsNone(self.get(self.store.claim_tested_port("h1", 10000, 10009, "s2")))
+        self.assertEqual(sorted(self.get(self.store.known_ports("h1"))), [10000, 10001])
+        self.assertEqual(self.get(self.store.count_unavailable_ports("h1", 10000, 10009)), 2)
+
     def test_delete_server_frees_its_ports(self):
         """Deleting a server releases its port allocations."""
         self.hypervisor()

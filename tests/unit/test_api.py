@@ -12,7 +12,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from serialproxy.api import API, console_url
 from serialproxy.config import load_config
 from serialproxy.sessions import SessionManager
-from serialproxy.testing import MemoryStore
+from serialproxy.ports import PortAllocator
+from serialproxy.servers import Servers
+from serialproxy.testing import FakeHypervisorDriver, FakeProbe, MemoryStore
 from serialproxy.tokens import KeyService, TokenService, hash_secret
 
 
@@ -21,7 +23,9 @@ def entropy():
     return lambda n: next(counter).to_bytes(4, "big").rjust(n, b"\x07")
 
 
-class APITests(SynchronousTestCase):
+class APITestCase(SynchronousTestCase):
+    """An API on the in-memory store and fake driver, with an admin and two member keys."""
+
     def setUp(self, enabled="true"):
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
@@ -31,8 +35,10 @@ class APITests(SynchronousTestCase):
         tokens = TokenService(self.store, self.clock, 600, random)
         sessions = SessionManager(self.store, tokens, self.clock, "node", entropy=random)
         config = load_config(None, {"enabled": enabled})
+        self.driver = FakeHypervisorDriver()
+        servers = Servers(self.store, self.driver, PortAllocator(self.store, FakeProbe()), self.clock, random)
         self.api = API(config, self.store, keys, tokens, sessions, self.clock,
-                       lambda: "ws://proxy.example.com:6083/", random)
+                       lambda: "ws://proxy.example.com:6083/", random, servers)
         self.treq = StubTreq(self.api.app.resource())
         self.admin = self.key(keys, "ops", True)
         self.acme = self.key(keys, "acme", False)
@@ -54,6 +60,8 @@ class APITests(SynchronousTestCase):
         self.assertEqual(code, 201, body)
         return body["server"]["id"]
 
+
+class APITests(APITestCase):
     def test_register_server(self):
         """An admin registers a server; the answer has its id, status and serial ports."""
         code, body = self.call("POST", "/v3/servers", self.admin, {"server": {
@@ -173,6 +181,83 @@ class APITests(SynchronousTestCase):
         code, body = self.call("PUT", "/v3/servers", self.admin)
         self.assertEqual(code, 405)
         self.assertIn("GET", body["error"]["message"])
+
+
+class BootAPITests(APITestCase):
+    """Hypervisors, images and booting through the API (on the fake driver)."""
+
+    def prepare(self, port_range="10000:10003", serial_ports="2"):
+        code, body = self.call("POST", "/v3/hypervisors", self.admin, {"hypervisor": {
+            "name": "hv1", "libvirt_uri": "test:///default", "proxyclient_address": "127.0.0.1", "port_range": port_range}})
+        self.assertEqual(code, 201, body)
+        code, body = self.call("POST", "/v3/images", self.admin, {"image": {
+            "name": "tiny", "kernel": "/boot/vmlinuz", "initrd": "/boot/initrd", "cmdline": "console=ttyS0",
+            "metadata": {"serial_ports": serial_ports}}})
+        self.assertEqual(code, 201, body)
+
+    def boot(self, key=None, path="/v2/acme/servers"):
+        return self.call("POST", path, key or self.acme, {"server": {"name": "vm", "image": "tiny", "hypervisor": "hv1"}})
+
+    def test_member_boots_in_own_tenant(self):
+        """A member boots a server (202) whose console works on every port; another tenant's path is 403."""
+        self.prepare()
+        code, body = self.boot()
+        self.assertEqual((code, body["server"]["status"], len(body["server"]["serial_ports"])), (202, "active", 2))
+        server = body["server"]["id"]
+        for port in (0, 1):
+            code, console = self.call("POST", f"/v3/servers/{server}/get-serial-console", self.acme,
+                                      {"get_serial_console": {"port": port}})
+            self.assertEqual(code, 202)
+        self.assertEqual(self.boot(path="/v2/other/servers")[0], 403)
+
+    def test_admin_boots_for_a_tenant(self):
+        """POST /v3/servers with image and hypervisor boots for the named tenant."""
+        self.prepare()
+        code, body = self.call("POST", "/v3/servers", self.admin, {"server": {
+            "name": "vm", "tenant_id": "other", "image": "tiny", "hypervisor": "hv1", "memory_mb": 96}})
+        self.assertEqual((code, body["server"]["tenant_id"], body["server"]["memory_mb"]), (202, "other", 96))
+
+    def test_exhausted_and_released(self):
+        """A full range answers 409 naming hypervisor and range; deleting frees the ports."""
+        self.prepare(port_range="10000:10001")
+        code, body = self.boot()
+        self.assertEqual(code, 202)
+        code, error = self.boot()
+        self.assertEqual(code, 409)
+        self.assertIn("10000:10001", error["error"]["message"])
+        self.assertEqual(self.call("DELETE", f"/v3/servers/{body['server']['id']}", self.acme)[0], 204)
+        self.assertEqual(self.boot()[0], 202)
+
+    def test_failed_boot(self):
+        """libvirt refusing the boot is a 502 with its reason; no port stays allocated."""
+        self.prepare()
+        self.driver.fail_boot = "internal error: qemu unexpectedly closed the monitor"
+        code, body = self.boot()
+        self.assertEqual(code, 502)
+        self.assertIn("qemu unexpectedly closed", body["error"]["message"])
+        self.assertEqual(self.store.ports and {s for s, _ in self.store.ports.values()}, {"free"})
+
+    def test_bad_image_metadata(self):
+        """serial_ports out of range is refused naming the value and the allowed range."""
+        code, body = self.call("POST", "/v3/images", self.admin, {"image": {
+            "name": "big", "disk": "/var/lib/img.qcow2", "metadata": {"serial_ports": "9"}}})
+        self.assertEqual(code, 400)
+        self.assertIn("'9'", body["error"]["message"])
+        self.assertIn("1 to 4", body["error"]["message"])
+
+    def test_unknown_image_or_hypervisor(self):
+        """Booting from an image or on a hypervisor that does not exist is a 400 naming it."""
+        self.prepare()
+        code, body = self.call("POST", "/v2/acme/servers", self.acme, {"server": {"name": "vm", "image": "nope", "hypervisor": "hv1"}})
+        self.assertEqual(code, 400)
+        self.assertIn("'nope'", body["error"]["message"])
+
+    def test_listing_needs_keys(self):
+        """Hypervisors are listed to admins only; images to any key."""
+        self.prepare()
+        self.assertEqual(self.call("GET", "/v3/hypervisors", self.acme)[0], 403)
+        self.assertEqual(len(self.call("GET", "/v3/hypervisors", self.admin)[1]["hypervisors"]), 1)
+        self.assertEqual(len(self.call("GET", "/v3/images", self.acme)[1]["images"]), 1)
 
 
 class ConsoleURLTests(SynchronousTestCase):

@@ -8,6 +8,7 @@ only statuses the spec lists, with bodies that validate against its schemas.
 """
 
 import datetime
+import os
 import re
 import uuid
 from pathlib import Path
@@ -15,17 +16,20 @@ from urllib.parse import urlsplit
 
 import yaml
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from serialproxy.api import API
 from serialproxy.config import load_config
 from serialproxy.errors import CloseCode
-from serialproxy.interfaces import SerialPort, Server
+from serialproxy.interfaces import Hypervisor, Image, SerialPort, Server
+from serialproxy.libvirt_driver import HypervisorError
 from serialproxy.sessions import SessionManager
 from serialproxy.store import SQLStore
-from serialproxy.testing import inline_database
+from serialproxy.ports import PortAllocator
+from serialproxy.servers import Servers
+from serialproxy.testing import FakeHypervisorDriver, FakeProbe, inline_database
 
 from ..support import sqlite_url
 from serialproxy.tokens import KeyService, TokenService
@@ -36,10 +40,13 @@ _IMPLICIT_METHODS = {"HEAD", "OPTIONS"}
 _SCHEMA_KEYWORDS = {
     "$ref", "type", "properties", "required", "items", "enum", "additionalProperties",
     "minimum", "maximum", "minItems", "maxItems", "minLength", "maxLength", "pattern", "format",
+    "oneOf", "nullable", "maxProperties",
 }
 _ANNOTATIONS = {"description", "default", "example", "title"}
 _FORMATS = {"uuid", "date-time", "uri"}
 _BASE = "http://proxy.test"
+_URI = "test:///default"
+_DOWN_URI = "qemu+tcp://192.0.2.99/system"
 
 
 def load_spec() -> dict:
@@ -99,6 +106,8 @@ def schemas(spec: dict):
             yield from walk(f"{where}.items", schema["items"])
         if isinstance(schema.get("additionalProperties"), dict):
             yield from walk(f"{where}.additionalProperties", schema["additionalProperties"])
+        for i, sub in enumerate(schema.get("oneOf", ())):
+            yield from walk(f"{where}.oneOf[{i}]", sub)
 
     def tops(where, node):
         if isinstance(node, dict):
@@ -142,9 +151,15 @@ def _format_ok(kind: str, value: str) -> bool:
 def validate(spec: dict, schema: dict, value, where: str = "$") -> list:
     """Where ``value`` breaks ``schema`` (the subset in ``_SCHEMA_KEYWORDS``); empty if nowhere."""
     schema = resolve(spec, schema)
+    if value is None and schema.get("nullable") is True:
+        return []
     if "type" in schema and not _type_ok(schema["type"], value):
         return [f"{where}: expected {schema['type']}, got {value!r}"]
     errors = []
+    if "oneOf" in schema:
+        failures = [validate(spec, sub, value, where) for sub in schema["oneOf"]]
+        if [f for f in failures if not f] != [[]]:
+            errors.append(f"{where}: {value!r} matches {failures.count([])} of the oneOf schemas, not exactly one: {failures}")
     if "enum" in schema and value not in schema["enum"]:
         errors.append(f"{where}: {value!r} not one of {schema['enum']}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -163,6 +178,8 @@ def validate(spec: dict, schema: dict, value, where: str = "$") -> list:
         for i, item in enumerate(value):
             errors += validate(spec, schema.get("items", {}), item, f"{where}[{i}]")
     if isinstance(value, dict):
+        if len(value) > schema.get("maxProperties", len(value)):
+            errors.append(f"{where}: {len(value)} properties, more than {schema['maxProperties']}")
         properties = schema.get("properties", {})
         errors += [f"{where}: missing {name!r}" for name in schema.get("required", ()) if name not in value]
         extra = schema.get("additionalProperties", True)
@@ -187,6 +204,37 @@ class _BrokenStore:
 
     def list_servers(self, tenant_id=None):
         return fail(RuntimeError("the disk is on fire"))
+
+
+class _NoHypervisors:
+    """A store that has forgotten every hypervisor, for the 409 of a server whose hypervisor is gone."""
+
+    def __init__(self, store):
+        self._store = store
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def find_hypervisor(self, id_or_name):
+        return succeed(None)
+
+
+class _Unreachable:
+    """A hypervisor driver on which every call to a URI in ``down`` fails as libvirt does when it cannot connect."""
+
+    def __init__(self, driver):
+        self._driver = driver
+        self.down = {_DOWN_URI}
+
+    def __getattr__(self, name):
+        method = getattr(self._driver, name)
+
+        def call(uri, *args):
+            if uri in self.down:
+                return fail(HypervisorError(f"libvirt at {uri}: unable to connect to server: Connection refused"))
+            return method(uri, *args)
+
+        return call
 
 
 def provokes(*cases):
@@ -223,6 +271,24 @@ class SchemaValidatorTests(SynchronousTestCase):
         """Strings that are not a UUID, a UTC date-time or a URI fail their format."""
         for kind, value in [("uuid", "not-a-uuid"), ("date-time", "2024-01-01"), ("uri", "token")]:
             self.assertNotEqual(validate(self.spec, {"type": "string", "format": kind}, value), [], kind)
+
+    def test_one_of_needs_exactly_one(self):
+        """``oneOf`` passes a value matching one branch, and fails one matching none or two."""
+        schema = {"oneOf": [{"type": "integer", "maximum": 5}, {"type": "integer", "minimum": 3}]}
+        self.assertEqual(validate(self.spec, schema, 1), [])
+        self.assertEqual(validate(self.spec, schema, 9), [])
+        self.assertEqual(len(validate(self.spec, schema, 4)), 1)
+        self.assertEqual(len(validate(self.spec, schema, "x")), 1)
+
+    def test_null_only_where_nullable(self):
+        """``null`` passes a ``nullable`` schema and fails any other typed one."""
+        self.assertEqual(validate(self.spec, {"type": "string", "nullable": True}, None), [])
+        self.assertNotEqual(validate(self.spec, {"type": "string"}, None), [])
+
+    def test_max_properties(self):
+        """An object with more properties than ``maxProperties`` fails."""
+        self.assertEqual(validate(self.spec, {"type": "object", "maxProperties": 1}, {"a": 1}), [])
+        self.assertNotEqual(validate(self.spec, {"type": "object", "maxProperties": 1}, {"a": 1, "b": 2}), [])
 
     def test_checks_items_and_bounds(self):
         """Array items are checked, and so are minimum and maxItems."""
@@ -290,6 +356,9 @@ class SpecStructureTests(SynchronousTestCase):
                 self.assertIn(schema["format"], _FORMATS, where)
             if "type" in schema:
                 self.assertIn(schema["type"], {"object", "array", "string", "integer", "number", "boolean"}, where)
+            if "oneOf" in schema:
+                self.assertIsInstance(schema["oneOf"], list, where)
+                self.assertGreater(len(schema["oneOf"]), 1, where)
 
     def test_errors_use_error_schema(self):
         """Every 4xx and 5xx answer is the shared ``Error`` schema."""
@@ -309,11 +378,13 @@ class SpecStructureTests(SynchronousTestCase):
             self.assertIn(401, {int(s) for s in operation["responses"]}, (method, path))
 
     def test_examples_validate(self):
-        """Every request example validates against its own schema."""
+        """Every request example, single or named, validates against its own schema."""
         for where, node in [("paths", self.spec["paths"]), ("requestBodies", self.spec["components"]["requestBodies"])]:
             for media in _media_types(node):
-                if "example" in media:
-                    self.assertEqual(validate(self.spec, media["schema"], media["example"]), [], where)
+                examples = [media["example"]] if "example" in media else []
+                examples += [example["value"] for example in media.get("examples", {}).values()]
+                for example in examples:
+                    self.assertEqual(validate(self.spec, media["schema"], example), [], (where, example))
 
     def test_close_codes_described(self):
         """Every application close code (4000-4999) is named in the description."""
@@ -342,6 +413,8 @@ class APIConformanceTests(SynchronousTestCase):
         self.db = inline_database(sqlite_url(self))
         self.addCleanup(self.db.close)
         self.store = SQLStore(self.db)
+        self.fake = FakeHypervisorDriver()
+        self.libvirt = _Unreachable(self.fake)
         self.admin = self._key("ops", True)
         self.member = self._key("acme", False)
         self.other = self._key("globex", False)
@@ -355,9 +428,35 @@ class APIConformanceTests(SynchronousTestCase):
         config = load_config(None, {"enabled": "true" if enabled else "false"})
         tokens = TokenService(store, self.clock, 600)
         sessions = SessionManager(store, tokens, self.clock, "node")
+        servers = self._servers(store)
         api = API(config, store, KeyService(store, self.clock), tokens, sessions, self.clock,
-                  lambda: "ws://127.0.0.1:6083/")
+                  lambda: "ws://127.0.0.1:6083/", os.urandom, servers)
         return StubTreq(api.app.resource())
+
+    def _servers(self, store) -> Servers:
+        return Servers(store, self.libvirt, PortAllocator(store, FakeProbe()), self.clock, os.urandom)
+
+    def _hypervisor(self, name: str = "hv1", port_range: tuple = (20000, 20099)) -> Hypervisor:
+        hypervisor = Hypervisor(str(uuid.uuid4()), name, _URI, "192.0.2.20", port_range, self.clock.seconds())
+        self.successResultOf(self.store.create_hypervisor(hypervisor))
+        return hypervisor
+
+    def _image(self, name: str = "cirros", serial_ports: str = "2") -> Image:
+        image = Image(str(uuid.uuid4()), name, "/images/vmlinuz", "/images/initrd.img", "console=ttyS0", "",
+                      {"serial_ports": serial_ports}, self.clock.seconds())
+        self.successResultOf(self.store.create_image(image))
+        return image
+
+    def _booted(self, tenant: str = "acme") -> Server:
+        """A server booted on hypervisor hv1 from image cirros (both made if missing), through the domain logic."""
+        hypervisor = self.successResultOf(self.store.find_hypervisor("hv1")) or self._hypervisor()
+        image = self.successResultOf(self.store.find_image("cirros")) or self._image()
+        boot = self._servers(self.store).boot("vm", tenant, image, hypervisor, 128)
+        return self.successResultOf(Deferred.fromCoroutine(boot))
+
+    def _domains(self) -> dict:
+        """The fake hypervisor's domains at ``test:///default``: ``{name: [xml, state]}``."""
+        return self.fake.hypervisors.setdefault(_URI, {})
 
     def _server(self, tenant: str = "acme", status: str = "active", ports: int = 2) -> str:
         first = 10000 + 100 * len(self.successResultOf(self.store.list_servers()))
@@ -383,7 +482,18 @@ class APIConformanceTests(SynchronousTestCase):
         content = self.successResultOf(d)
         self.assertEqual(response.code, status, content)
         self.assertIn((method, template, status), getattr(self, self._testMethodName).provokes)
+        if status < 300 and body is not None:
+            self.assertEqual(validate(self.spec, self._request_schema(method, template), body), [], body)
         return self._check(method, template, response, content)
+
+    def _request_schema(self, method: str, template: str) -> dict:
+        request = resolve(self.spec, self.spec["paths"][template][method.lower()]["requestBody"])
+        return request["content"]["application/json"]["schema"]
+
+    def refuse(self, method: str, template: str, status: int, key, body, **params) -> str:
+        """Send a body the documented request schema rejects too; the error message."""
+        self.assertNotEqual(validate(self.spec, self._request_schema(method, template), body), [], body)
+        return self.call(method, template, status, key=key, body=body, **params)["error"]["message"]
 
     def _check(self, method, template, response, content):
         documented = self.spec["paths"][template][method.lower()]["responses"]
@@ -572,6 +682,297 @@ class APIConformanceTests(SynchronousTestCase):
     def test_v3_console_not_active(self):
         """A server that is not active answers 409."""
         self.call("POST", self.V3, 409, key=self.admin, server_id=self._server(status="error"))
+
+    # POST /v3/servers, boot form
+
+    @provokes(("POST", "/v3/servers", 202))
+    def test_boot_server(self):
+        """An admin boots a server: 202, active, the image's serial ports from the range, and its domain."""
+        hypervisor, image = self._hypervisor(), self._image(serial_ports="2")
+        body = {"server": {"name": "web-2", "tenant_id": "acme", "image": "cirros", "hypervisor": "hv1", "memory_mb": 128}}
+        server = self.call("POST", "/v3/servers", 202, key=self.admin, body=body)["server"]
+        self.assertEqual((server["status"], server["hypervisor_id"], server["image_id"], server["memory_mb"]),
+                         ("active", hypervisor.id, image.id, 128))
+        self.assertEqual(server["serial_ports"], [{"index": 0, "host": "192.0.2.20", "port": 20000},
+                                                  {"index": 1, "host": "192.0.2.20", "port": 20001}])
+        self.assertEqual(self._domains()[server["domain"]][1], "active")
+        by_id = {"server": {"name": "web-3", "tenant_id": "acme", "image": image.id, "hypervisor": hypervisor.id}}
+        self.assertEqual(self.call("POST", "/v3/servers", 202, key=self.admin, body=by_id)["server"]["memory_mb"], 256)
+
+    @provokes(("POST", "/v3/servers", 400))
+    def test_boot_server_bad_bodies(self):
+        """An unknown image or hypervisor, memory out of range, or both forms at once answer 400."""
+        self._hypervisor()
+        self._image()
+        boot = {"name": "x", "tenant_id": "acme", "image": "cirros", "hypervisor": "hv1"}
+        for name in ("image", "hypervisor"):
+            message = self.call("POST", "/v3/servers", 400, key=self.admin, body={"server": {**boot, name: "nope"}})["error"]["message"]
+            self.assertIn(f"server.{name}: no {name} 'nope'", message)
+        self.refuse("POST", "/v3/servers", 400, self.admin, {"server": {**boot, "memory_mb": 32}})
+        self.refuse("POST", "/v3/servers", 400, self.admin, {"server": {**boot, "serial_ports": [{"host": "192.0.2.1", "port": 1}]}})
+        self.assertEqual(self._domains(), {})
+
+    @provokes(("POST", "/v3/servers", 202), ("POST", "/v3/servers", 409))
+    def test_boot_server_ports_exhausted(self):
+        """A second VM on a one-port range answers 409 naming the hypervisor and the range."""
+        self._hypervisor("tiny", port_range=(20000, 20000))
+        self._image(serial_ports="1")
+        body = {"server": {"name": "x", "tenant_id": "acme", "image": "cirros", "hypervisor": "tiny"}}
+        self.call("POST", "/v3/servers", 202, key=self.admin, body=body)
+        message = self.call("POST", "/v3/servers", 409, key=self.admin, body=body)["error"]["message"]
+        self.assertIn("'tiny'", message)
+        self.assertIn("20000:20000", message)
+        self.assertEqual(len(self._domains()), 1)
+
+    @provokes(("POST", "/v3/servers", 502), ("POST", "/v3/servers", 202))
+    def test_boot_server_libvirt_fails(self):
+        """libvirt failing to boot answers 502 with its reason; no server is left and the port is free again."""
+        hypervisor = self._hypervisor("tiny", port_range=(20000, 20000))
+        self._image(serial_ports="1")
+        body = {"server": {"name": "x", "tenant_id": "acme", "image": "cirros", "hypervisor": "tiny"}}
+        self.fake.fail_boot = "internal error: qemu unexpectedly closed the monitor"
+        message = self.call("POST", "/v3/servers", 502, key=self.admin, body=body)["error"]["message"]
+        self.assertIn("qemu unexpectedly closed the monitor", message)
+        self.assertEqual((self.successResultOf(self.store.list_servers()), self.successResultOf(self.store.allocations(hypervisor.id))),
+                         ([], {}))
+        self.call("POST", "/v3/servers", 202, key=self.admin, body=body)
+
+    # POST /v2/{tenant_id}/servers
+
+    V2_BOOT = "/v2/{tenant_id}/servers"
+
+    @provokes(("POST", V2_BOOT, 202))
+    def test_v2_boot(self):
+        """A member boots for its tenant (no addresses, no domain); an admin for any tenant (with both)."""
+        self._hypervisor()
+        self._image()
+        body = {"server": {"name": "web", "image": "cirros", "hypervisor": "hv1"}}
+        mine = self.call("POST", self.V2_BOOT, 202, key=self.member, body=body, tenant_id="acme")["server"]
+        self.assertEqual((mine["tenant_id"], mine["status"], mine["serial_ports"]), ("acme", "active", [{"index": 0}, {"index": 1}]))
+        self.assertNotIn("domain", mine)
+        theirs = self.call("POST", self.V2_BOOT, 202, key=self.admin, body=body, tenant_id="globex")["server"]
+        self.assertEqual((theirs["tenant_id"], theirs["domain"]), ("globex", f"serialproxy-{theirs['id']}"))
+
+    @provokes(("POST", V2_BOOT, 400))
+    def test_v2_boot_bad_bodies(self):
+        """A tenant in the body, a missing image, an unknown hypervisor or a bad tenant path answer 400."""
+        self._image()
+        body = {"name": "web", "image": "cirros", "hypervisor": "hv1"}
+        self.refuse("POST", self.V2_BOOT, 400, self.member, {"server": {**body, "tenant_id": "acme"}}, tenant_id="acme")
+        self.refuse("POST", self.V2_BOOT, 400, self.member, {"server": {"name": "web", "hypervisor": "hv1"}}, tenant_id="acme")
+        self.call("POST", self.V2_BOOT, 400, key=self.member, body={"server": body}, tenant_id="acme")
+        self.call("POST", self.V2_BOOT, 400, key=self.admin, body={"server": body}, tenant_id="-bad")
+
+    @provokes(("POST", V2_BOOT, 401), ("POST", V2_BOOT, 403))
+    def test_v2_boot_refused(self):
+        """No key is 401; a member naming another tenant is 403."""
+        body = {"server": {"name": "web", "image": "cirros", "hypervisor": "hv1"}}
+        self.call("POST", self.V2_BOOT, 401, body=body, tenant_id="acme")
+        self.call("POST", self.V2_BOOT, 403, key=self.member, body=body, tenant_id="globex")
+
+    @provokes(("POST", V2_BOOT, 202), ("POST", V2_BOOT, 409), ("POST", V2_BOOT, 502))
+    def test_v2_boot_exhausted_and_failed(self):
+        """No port left answers 409; libvirt failing answers 502."""
+        self._hypervisor("tiny", port_range=(20000, 20000))
+        self._image(serial_ports="1")
+        body = {"server": {"name": "web", "image": "cirros", "hypervisor": "tiny"}}
+        self.fake.fail_boot = "cannot open kernel"
+        self.call("POST", self.V2_BOOT, 502, key=self.member, body=body, tenant_id="acme")
+        self.call("POST", self.V2_BOOT, 202, key=self.member, body=body, tenant_id="acme")
+        message = self.call("POST", self.V2_BOOT, 409, key=self.member, body=body, tenant_id="acme")["error"]["message"]
+        self.assertIn("20000:20000", message)
+
+    # GET, DELETE and consoles of booted servers
+
+    @provokes(("GET", "/v3/servers/{server_id}", 200), ("GET", "/v3/servers", 200))
+    def test_show_booted_server(self):
+        """A booted server shows its domain's state now: active, paused, then error once the domain is gone."""
+        server = self._booted()
+        body = self.call("GET", "/v3/servers/{server_id}", 200, key=self.member, server_id=server.id)["server"]
+        self.assertEqual((body["status"], body["memory_mb"]), ("active", 128))
+        self.assertNotIn("domain", body)
+        self._domains()[server.domain][1] = "paused"
+        body = self.call("GET", "/v3/servers/{server_id}", 200, key=self.admin, server_id=server.id)["server"]
+        self.assertEqual((body["status"], body["domain"]), ("paused", server.domain))
+        del self._domains()[server.domain]
+        self.assertEqual(self.call("GET", "/v3/servers/{server_id}", 200, key=self.admin, server_id=server.id)["server"]["status"], "error")
+        listed = self.call("GET", "/v3/servers", 200, key=self.member)["servers"]
+        self.assertEqual([(s["id"], s["status"]) for s in listed], [(server.id, "error")])
+
+    @provokes(("GET", "/v3/servers/{server_id}", 200))
+    def test_show_rebuilt_server(self):
+        """A server rebuilt from its domain at start has no image: ``image_id`` is null, ``memory_mb`` 0."""
+        server = self._booted()
+        self.successResultOf(self.store.delete_server(server.id))
+        hypervisor = self.successResultOf(self.store.find_hypervisor("hv1"))
+        self.successResultOf(Deferred.fromCoroutine(self._servers(self.store).reconcile(hypervisor)))
+        body = self.call("GET", "/v3/servers/{server_id}", 200, key=self.admin, server_id=server.id)["server"]
+        self.assertEqual((body["image_id"], body["memory_mb"], body["domain"]), (None, 0, server.domain))
+
+    @provokes(("GET", "/v3/servers/{server_id}", 502), ("GET", "/v3/servers/{server_id}", 409))
+    def test_show_server_hypervisor_trouble(self):
+        """An unreachable hypervisor answers 502; one no longer registered answers 409."""
+        server = self._booted()
+        self.libvirt.down.add(_URI)
+        message = self.call("GET", "/v3/servers/{server_id}", 502, key=self.member, server_id=server.id)["error"]["message"]
+        self.assertIn(_URI, message)
+        self.libvirt.down.discard(_URI)
+        stub = self._stub(_NoHypervisors(self.store), enabled=True)
+        self.call("GET", "/v3/servers/{server_id}", 409, key=self.member, stub=stub, server_id=server.id)
+
+    @provokes(("DELETE", "/v3/servers/{server_id}", 204), ("DELETE", "/v3/servers/{server_id}", 502))
+    def test_delete_booted_server(self):
+        """Deleting a booted server needs its hypervisor (502, nothing deleted); then its domain goes and its ports are free."""
+        server = self._booted()
+        self.libvirt.down.add(_URI)
+        self.call("DELETE", "/v3/servers/{server_id}", 502, key=self.member, server_id=server.id)
+        self.assertIsNotNone(self.successResultOf(self.store.get_server(server.id)))
+        self.libvirt.down.discard(_URI)
+        self.call("DELETE", "/v3/servers/{server_id}", 204, key=self.member, server_id=server.id)
+        self.assertEqual((self._domains(), self.successResultOf(self.store.allocations(server.hypervisor_id))), ({}, {}))
+
+    @provokes(("POST", V2, 200), ("POST", V3, 202))
+    def test_console_of_booted_server(self):
+        """A booted server's console URL is minted from its live domain."""
+        server = self._booted()
+        self.call("POST", self.V2, 200, key=self.member, tenant_id="acme", server_id=server.id)
+        self.call("POST", self.V3, 202, key=self.member, body={"get_serial_console": {"port": 1}}, server_id=server.id)
+
+    @provokes(("POST", V2, 409), ("POST", V3, 409))
+    def test_console_of_domain_not_active(self):
+        """A paused domain, a domain gone and a hypervisor no longer registered all answer 409."""
+        server = self._booted()
+        self._domains()[server.domain][1] = "paused"
+        self.call("POST", self.V2, 409, key=self.member, tenant_id="acme", server_id=server.id)
+        del self._domains()[server.domain]
+        message = self.call("POST", self.V3, 409, key=self.member, server_id=server.id)["error"]["message"]
+        self.assertIn("error", message)
+        stub = self._stub(_NoHypervisors(self.store), enabled=True)
+        self.call("POST", self.V3, 409, key=self.member, stub=stub, server_id=server.id)
+
+    @provokes(("POST", V2, 502), ("POST", V3, 502))
+    def test_console_hypervisor_unreachable(self):
+        """An unreachable hypervisor answers 502 on both console calls."""
+        server = self._booted()
+        self.libvirt.down.add(_URI)
+        self.call("POST", self.V2, 502, key=self.member, tenant_id="acme", server_id=server.id)
+        self.call("POST", self.V3, 502, key=self.admin, server_id=server.id)
+
+    # /v3/hypervisors
+
+    @provokes(("POST", "/v3/hypervisors", 201))
+    def test_create_hypervisor(self):
+        """An admin registers a hypervisor: given fields are kept; the others take their defaults."""
+        body = {"hypervisor": {"name": "hv1", "libvirt_uri": _URI, "proxyclient_address": "192.0.2.20",
+                               "port_range": "20000:20099", "virt_type": "kvm"}}
+        hypervisor = self.call("POST", "/v3/hypervisors", 201, key=self.admin, body=body)["hypervisor"]
+        self.assertEqual({k: hypervisor[k] for k in body["hypervisor"]}, body["hypervisor"])
+        bare = self.call("POST", "/v3/hypervisors", 201, key=self.admin,
+                         body={"hypervisor": {"name": "hv2", "libvirt_uri": _URI}})["hypervisor"]
+        self.assertEqual((bare["proxyclient_address"], bare["virt_type"]), ("127.0.0.1", "qemu"))
+        self.assertEqual(self.successResultOf(self.store.find_hypervisor(bare["id"])).name, "hv2")
+
+    @provokes(("POST", "/v3/hypervisors", 400))
+    def test_create_hypervisor_bad_bodies(self):
+        """A bad URI, range, type, address or name, an unknown field or no body answer 400 naming the field."""
+        good = {"name": "hv1", "libvirt_uri": _URI}
+        for field, value in [("libvirt_uri", "http://hv1/"), ("port_range", "20000"), ("port_range", 20000),
+                             ("virt_type", "xen"), ("name", ""), ("zone", "a")]:
+            message = self.refuse("POST", "/v3/hypervisors", 400, self.admin, {"hypervisor": {**good, field: value}})
+            self.assertIn(f"hypervisor", message)
+            self.assertIn(field, message)
+        for field, value in [("port_range", "20099:20000"), ("port_range", "0:10"), ("proxyclient_address", "not an address")]:
+            message = self.call("POST", "/v3/hypervisors", 400, key=self.admin, body={"hypervisor": {**good, field: value}})
+            self.assertIn(f"hypervisor.{field}: {value!r} is not allowed", message["error"]["message"])
+        self.call("POST", "/v3/hypervisors", 400, key=self.admin)
+        self.assertEqual(self.successResultOf(self.store.list_hypervisors()), [])
+
+    @provokes(("POST", "/v3/hypervisors", 401), ("POST", "/v3/hypervisors", 403))
+    def test_create_hypervisor_needs_admin(self):
+        """No key is 401; a member key is 403."""
+        body = {"hypervisor": {"name": "hv1", "libvirt_uri": _URI}}
+        self.call("POST", "/v3/hypervisors", 401, body=body)
+        self.call("POST", "/v3/hypervisors", 403, key=self.member, body=body)
+
+    @provokes(("POST", "/v3/hypervisors", 201), ("POST", "/v3/hypervisors", 409))
+    def test_create_hypervisor_name_taken(self):
+        """A second hypervisor of the same name answers 409."""
+        body = {"hypervisor": {"name": "hv1", "libvirt_uri": _URI}}
+        self.call("POST", "/v3/hypervisors", 201, key=self.admin, body=body)
+        self.call("POST", "/v3/hypervisors", 409, key=self.admin, body=body)
+
+    @provokes(("POST", "/v3/hypervisors", 502))
+    def test_create_hypervisor_unreachable(self):
+        """A URI libvirt cannot reach answers 502 naming it, and nothing is registered."""
+        body = {"hypervisor": {"name": "hv1", "libvirt_uri": _DOWN_URI}}
+        message = self.call("POST", "/v3/hypervisors", 502, key=self.admin, body=body)["error"]["message"]
+        self.assertIn(_DOWN_URI, message)
+        self.assertEqual(self.successResultOf(self.store.list_hypervisors()), [])
+
+    @provokes(("GET", "/v3/hypervisors", 200), ("GET", "/v3/hypervisors", 401), ("GET", "/v3/hypervisors", 403))
+    def test_list_hypervisors(self):
+        """An admin lists hypervisors; no key is 401, a member key 403."""
+        self._hypervisor("hv1")
+        self.clock.advance(1)
+        self._hypervisor("hv2", port_range=(1, 65535))
+        listed = self.call("GET", "/v3/hypervisors", 200, key=self.admin)["hypervisors"]
+        self.assertEqual([(h["name"], h["port_range"]) for h in listed], [("hv1", "20000:20099"), ("hv2", "1:65535")])
+        self.call("GET", "/v3/hypervisors", 401)
+        self.call("GET", "/v3/hypervisors", 403, key=self.member)
+
+    # /v3/images
+
+    @provokes(("POST", "/v3/images", 201))
+    def test_create_image(self):
+        """An admin registers a kernel image and a disk image; metadata comes back as strings."""
+        kernel = {"name": "cirros", "kernel": "/images/vmlinuz", "initrd": "/images/initrd.img", "cmdline": "console=ttyS0",
+                  "metadata": {"serial_ports": 2, "os": "linux"}}
+        image = self.call("POST", "/v3/images", 201, key=self.admin, body={"image": kernel})["image"]
+        self.assertEqual((image["disk"], image["metadata"]), ("", {"serial_ports": "2", "os": "linux"}))
+        disk = self.call("POST", "/v3/images", 201, key=self.admin,
+                         body={"image": {"name": "debian", "disk": "/images/debian.qcow2"}})["image"]
+        self.assertEqual((disk["kernel"], disk["initrd"], disk["cmdline"], disk["metadata"]), ("", "", "", {}))
+
+    @provokes(("POST", "/v3/images", 400))
+    def test_create_image_bad_bodies(self):
+        """serial_ports outside 1-4 or not a whole number answers 400 naming the value and the range; so do bad shapes."""
+        for value in ("0", "5", "two", 5, "-1"):
+            message = self.refuse("POST", "/v3/images", 400, self.admin,
+                                  {"image": {"name": "x", "disk": "/d.img", "metadata": {"serial_ports": value}}})
+            self.assertIn(f"image.metadata.serial_ports: {value!r} is not allowed", message)
+            self.assertIn("from 1 to 4", message)
+        for image in ({"name": "x", "kernel": "vmlinuz"}, {"name": "x", "disk": "/d.img", "os": "linux"},
+                      {"name": "x", "disk": "/d.img", "metadata": ["serial_ports"]},
+                      {"name": "x", "disk": "/d.img", "metadata": {"serial_ports": True}}, {"disk": "/d.img"}):
+            self.refuse("POST", "/v3/images", 400, self.admin, {"image": image})
+        for image in ({"name": "x"}, {"name": "x", "kernel": "/k", "disk": "/d.img"}):
+            self.call("POST", "/v3/images", 400, key=self.admin, body={"image": image})
+        self.assertEqual(self.successResultOf(self.store.list_images()), [])
+
+    @provokes(("POST", "/v3/images", 401), ("POST", "/v3/images", 403))
+    def test_create_image_needs_admin(self):
+        """No key is 401; a member key is 403."""
+        body = {"image": {"name": "x", "disk": "/d.img"}}
+        self.call("POST", "/v3/images", 401, key="spk_nope", body=body)
+        self.call("POST", "/v3/images", 403, key=self.member, body=body)
+
+    @provokes(("POST", "/v3/images", 201), ("POST", "/v3/images", 409))
+    def test_create_image_name_taken(self):
+        """A second image of the same name answers 409."""
+        body = {"image": {"name": "x", "disk": "/d.img"}}
+        self.call("POST", "/v3/images", 201, key=self.admin, body=body)
+        self.call("POST", "/v3/images", 409, key=self.admin, body=body)
+
+    @provokes(("GET", "/v3/images", 200), ("GET", "/v3/images", 401))
+    def test_list_images(self):
+        """Any key lists the images; no key is 401."""
+        self._image("cirros")
+        self.clock.advance(1)
+        self._image("alpine", serial_ports="4")
+        for key in (self.member, self.admin):
+            listed = self.call("GET", "/v3/images", 200, key=key)["images"]
+            self.assertEqual([i["name"] for i in listed], ["cirros", "alpine"])
+        self.call("GET", "/v3/images", 401)
 
     def test_every_documented_status_provoked(self):
         """Each status the spec lists for an operation is provoked by some test here."""

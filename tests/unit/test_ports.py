@@ -3,33 +3,21 @@
 import socket
 
 from hypothesis import given, settings, strategies as st
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.testing import MemoryReactor
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
 
 from serialproxy.interfaces import Hypervisor
-from serialproxy.ports import IPortProbe, PortAllocator, PortProbe, PortsExhausted
+from serialproxy.ports import PortAllocator, PortProbe, PortsExhausted
 from serialproxy.store import SQLStore
-from serialproxy.testing import MemoryStore, inline_database
+from serialproxy.testing import FakeProbe, MemoryStore, inline_database
 
 from ..support import sqlite_url
 
 HV = Hypervisor("h1", "hv1", "qemu:///system", "127.0.0.1", (10000, 10009), 0.0)
-
-
-@implementer(IPortProbe)
-class FakeProbe:
-    def __init__(self, busy=()):
-        self.busy = set(busy)
-        self.probed = []
-
-    def is_free(self, hypervisor, port):
-        self.probed.append(port)
-        return succeed(port not in self.busy)
 
 
 class AllocatorTests(SynchronousTestCase):
