@@ -131,6 +131,26 @@ class _ReconcileService(service.Service):
                              name=hypervisor.name)
 
 
+def raise_file_limit() -> int:
+    """Raise this process's open-file soft limit to its hard limit; the resulting limit.
+
+    Each console session holds two sockets (client and VM), so the limit sets
+    how many sessions one process can carry.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
 def build_service(config: Config, reactor, entropy=os.urandom, database: Database = None) -> StagedService:
     """The whole node: database, token purge, console leases, HTTP listener."""
     top = StagedService()
@@ -169,6 +189,8 @@ def makeService(options, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
     config = getattr(options, "config", None) or load_config(options.get("config"))
+    limit = raise_file_limit()
+    _log.info("open-file limit {limit}: room for about {sessions} console sessions", limit=limit, sessions=(limit - 64) // 2)
     try:
         return build_service(config, reactor)
     except DatabaseError as e:
