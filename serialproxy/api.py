@@ -60,6 +60,12 @@ def _server_json(server: Server, key: ApiKey) -> dict:
     return body
 
 
+def _session_json(record) -> dict:
+    return {"id": record.id, "port": record.port_index, "mode": record.mode, "peer": record.peer,
+            "since": _iso(record.since), "bytes_in": record.bytes_in, "bytes_out": record.bytes_out,
+            "tenant_id": record.tenant_id, "node": record.node}
+
+
 def _hypervisor_json(hypervisor: Hypervisor) -> dict:
     return {"id": hypervisor.id, "name": hypervisor.name, "libvirt_uri": hypervisor.libvirt_uri,
             "proxyclient_address": hypervisor.proxyclient_address, "virt_type": hypervisor.virt_type,
@@ -255,6 +261,34 @@ class API:
         request.setResponseCode(204)
         return b""
 
+    # console sessions
+
+    @app.route("/v3/servers/<server_id>/serial-sessions", methods=["GET"])
+    async def server_sessions(self, request, server_id):
+        """Live sessions on the server's consoles (owner, admin)."""
+        key = await self._caller(request)
+        server = await self._visible_server(key, server_id)
+        records = await self._sessions.list(server.id)
+        return _json(request, 200, {"serial_sessions": [_session_json(r) for r in records]})
+
+    @app.route("/v3/serial-sessions", methods=["GET"])
+    async def all_sessions(self, request):
+        """Every live session (admin)."""
+        await self._admin(request)
+        records = await self._sessions.list()
+        return _json(request, 200, {"serial_sessions": [_session_json(r) | {"server_id": r.server_id} for r in records]})
+
+    @app.route("/v3/servers/<server_id>/serial-sessions/<session_id>", methods=["DELETE"])
+    async def kick_session(self, request, server_id, session_id):
+        """Force-disconnect a session (owner, admin): close code 4010 with the reason."""
+        key = await self._caller(request)
+        server = await self._visible_server(key, server_id)
+        reason = validate.kick_body(_body(request, required=False))
+        actor = f"{'admin' if key.is_admin else 'owner'} of tenant {key.tenant_id}"
+        await self._sessions.kick(server.id, session_id, reason, actor)
+        request.setResponseCode(204)
+        return b""
+
     # consoles
 
     @app.route("/v2/<tenant_id>/servers/<server_id>/get-serial-console", methods=["POST"])
@@ -278,7 +312,7 @@ class API:
         if server.status != "active":
             raise Conflict(f"server {server.id} is {server.status}, not active: its console cannot be reached")
         port = await self._servers.console_port(server, index)
-        secret = await self._tokens.mint(server, port)
+        secret = await self._tokens.mint(server, port, key.tenant_id)
         self._log.info("console URL for {server}/{port} minted for key {key}", server=server.id, port=index, key=key.id)
         return _json(request, status, {"serial_console": {"type": kind, "port": index, "url": console_url(self._base_url(), secret)}})
 

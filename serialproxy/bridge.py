@@ -1,14 +1,20 @@
-"""The byte path: one client (websocket or telnet) joined to one VM serial port.
+"""The byte path: one VM serial port shared by the sessions attached to it on this node.
 
-As in ``twisted/protocols/portforward.py``: the client is paused until the
-VM side connects; then each transport is the other's streaming producer, so
-a client that stops reading pauses the VM side and a VM that stops reading
-pauses the client. Memory per session stays bounded by the transports'
-buffers. When either side goes, the other is closed.
+A :class:`Console` holds one TCP connection to the VM's serial port and fans
+its output out to every attached :class:`Attachment` (one writer at most,
+any number of read-only spectators), keeping a bounded scrollback ring that
+is replayed to newcomers.
+
+Flow control follows ``twisted/protocols/portforward.py``: the VM side is
+paused until it connects; then the writer's transport and the VM transport
+pause each other (a writer that stops reading pauses the VM; a VM that stops
+reading pauses the writer). Spectators never slow anyone down: each has a
+bounded allowance of bytes it may fall behind by, past which it is closed.
+One byte path serves websocket and telnet clients alike.
 """
 
 import ipaddress
-from typing import ClassVar, Optional
+from typing import Callable, ClassVar, Optional
 
 from attrs import define, field
 from twisted.internet import endpoints
@@ -20,7 +26,9 @@ from zope.interface import Attribute, Interface, implementer
 
 from .errors import CloseCode, SerialProxyError
 
-__all__ = ["Bridge", "IConsoleClient", "VMUnreachable", "vm_endpoint"]
+__all__ = ["Attachment", "Console", "IConsoleClient", "Scrollback", "VMUnreachable", "vm_endpoint"]
+
+READ_ONLY_NOTICE = b"\r\n[serialproxy: read-only session: what you type is not sent to the VM]\r\n"
 
 
 class VMUnreachable(SerialProxyError):
@@ -31,7 +39,7 @@ class VMUnreachable(SerialProxyError):
 
 
 class IConsoleClient(Interface):
-    """The client end of a bridge: a websocket or telnet connection."""
+    """The client end of a session: a websocket or telnet connection."""
 
     transport = Attribute("The client's transport: a consumer and a push producer.")
 
@@ -53,17 +61,25 @@ def vm_endpoint(reactor, host: str, port: int, timeout: float):
     return endpoints.TCP4ClientEndpoint(reactor, str(address), port, timeout=timeout)
 
 
-class _VMProtocol(Protocol):
-    """The VM side: hands bytes to the bridge, tells it when the port closes."""
+class Scrollback:
+    """The last ``size`` bytes a VM wrote, for newcomers to see."""
 
-    def __init__(self, bridge: "Bridge"):
-        self._bridge = bridge
+    __slots__ = ("_buffer", "_size")
 
-    def dataReceived(self, data: bytes) -> None:
-        self._bridge.from_vm(data)
+    def __init__(self, size: int):
+        self._size = size
+        self._buffer = bytearray()
 
-    def connectionLost(self, reason) -> None:
-        self._bridge.vm_lost(reason)
+    def append(self, data: bytes) -> None:
+        if self._size <= 0:
+            return
+        self._buffer += data
+        excess = len(self._buffer) - self._size
+        if excess > 0:
+            del self._buffer[:excess]
+
+    def contents(self) -> bytes:
+        return bytes(self._buffer)
 
 
 @implementer(IPushProducer)
@@ -73,7 +89,7 @@ class _Throttle:
     A transport calls its producer's stopProducing() when its own connection
     is lost, before its protocol hears of it; registering the peer transport
     itself would drop the peer at once (no websocket close handshake). The
-    bridge closes the peer instead, in vm_lost / client_lost.
+    console closes the peer instead.
     """
 
     def __init__(self, transport):
@@ -89,65 +105,168 @@ class _Throttle:
         pass
 
 
-@define
-class Bridge:
-    """Pumps bytes between a client and a VM serial port, with flow control."""
+@implementer(IPushProducer)
+class _Lag:
+    """Registered on a spectator's transport: tells its attachment when the transport's buffer is full."""
 
-    _client: IConsoleClient
-    _vm: Optional[_VMProtocol] = field(default=None, init=False)
-    _closing: bool = field(default=False, init=False)
-    bytes_to_vm: int = field(default=0, init=False)
-    bytes_to_client: int = field(default=0, init=False)
+    def __init__(self, attachment: "Attachment"):
+        self._attachment = attachment
+
+    def pauseProducing(self):
+        self._attachment.behind = 0
+
+    def resumeProducing(self):
+        self._attachment.behind = None
+
+    def stopProducing(self):
+        pass
+
+
+@define(eq=False)
+class Attachment:
+    """One session's place on a console: its client, mode and byte counts."""
+
+    id: str
+    client: IConsoleClient
+    writer: bool
+    lag_limit: int
+    bytes_in: int = 0
+    bytes_out: int = 0
+    behind: Optional[int] = None  # bytes sent since the transport's buffer filled; None: keeping up
+    told_read_only: bool = False
+    on_output: Optional[Callable[[bytes], None]] = None
+    on_input: Optional[Callable[[bytes], None]] = None
+
+    def deliver(self, data: bytes) -> bool:
+        """Send VM bytes; False when a spectator fell too far behind (the caller closes it)."""
+        if self.behind is not None and not self.writer:
+            self.behind += len(data)
+            if self.behind > self.lag_limit:
+                return False
+        self.send(data)
+        return True
+
+    def send(self, data: bytes) -> None:
+        """Send bytes to the client, counted and recorded."""
+        self.bytes_out += len(data)
+        self.client.send(data)
+        if self.on_output is not None:
+            self.on_output(data)
+
+
+class _VMProtocol(Protocol):
+    def __init__(self, console: "Console"):
+        self._console = console
+
+    def dataReceived(self, data: bytes) -> None:
+        self._console.from_vm(data)
+
+    def connectionLost(self, reason) -> None:
+        self._console.vm_lost(reason)
+
+
+@define(eq=False)
+class Console:
+    """One VM serial port as this node serves it: a VM connection shared by its attachments."""
+
+    name: str
+    scrollback: Scrollback
+    _attachments: dict = field(factory=dict)
+    _writer: Optional[Attachment] = None
+    _vm: Optional[_VMProtocol] = None
+    _lost: bool = False
     _log: ClassVar[Logger] = Logger()
 
     async def connect(self, endpoint, where: str) -> None:
-        """Connect to the VM port at ``endpoint``, then join the two transports."""
+        """Connect to the VM's serial port (once, for every attachment)."""
         try:
             factory = Factory.forProtocol(lambda: _VMProtocol(self))
             factory.noisy = False
             self._vm = await endpoint.connect(factory)
         except (ConnectError, DNSLookupError, TimeoutError, OSError) as e:
             raise VMUnreachable(f"cannot reach the VM serial port at {where}: {_reason(e)}") from e
-        if self._closing:
-            self._vm.transport.loseConnection()
-            return
-        self._join(self._client.transport, self._vm.transport)
-
-    @staticmethod
-    def _join(client, vm) -> None:
-        # An HTTP channel that handed its transport to the websocket is still
-        # registered as that transport's producer: replace it.
-        if getattr(client, "producer", None) is not None:
-            client.unregisterProducer()
-        client.registerProducer(_Throttle(vm), True)
-        vm.registerProducer(_Throttle(client), True)
-        client.resumeProducing()
-
-    def from_client(self, data: bytes) -> None:
-        if self._vm is not None and not self._closing:
-            self.bytes_to_vm += len(data)
-            self._vm.transport.write(data)
-
-    def from_vm(self, data: bytes) -> None:
-        if not self._closing:
-            self.bytes_to_client += len(data)
-            self._client.send(data)
-
-    def vm_lost(self, reason) -> None:
-        if not self._closing:
-            self._closing = True
-            self._client.close(CloseCode.VM_CLOSED, "the VM closed its serial port")
-
-    def client_lost(self) -> None:
-        """The client went: close the VM side (the VM keeps running)."""
-        self._closing = True
-        if self._vm is not None and self._vm.transport is not None:
-            self._vm.transport.unregisterProducer()
-            self._vm.transport.loseConnection()
 
     @property
     def connected(self) -> bool:
-        return self._vm is not None and not self._closing
+        return self._vm is not None and not self._lost
+
+    @property
+    def attachments(self) -> list:
+        return list(self._attachments.values())
+
+    @property
+    def writer(self) -> Optional[Attachment]:
+        return self._writer
+
+    def attach(self, attachment: Attachment) -> None:
+        """Join a session: replay the scrollback, then live output; a writer drives the VM."""
+        transport = attachment.client.transport
+        if getattr(transport, "producer", None) is not None:
+            transport.unregisterProducer()  # an HTTP channel that handed over its transport
+        if attachment.writer:
+            self._demote_writer()
+            self._writer = attachment
+            transport.registerProducer(_Throttle(self._vm.transport), True)
+            self._vm.transport.registerProducer(_Throttle(transport), True)
+        else:
+            transport.registerProducer(_Lag(attachment), True)
+        self._attachments[attachment.id] = attachment
+        backlog = self.scrollback.contents()
+        if backlog:
+            attachment.send(backlog)
+        transport.resumeProducing()
+
+    def _demote_writer(self) -> None:
+        """A writer kicked on another node may still be closing here: it writes no more."""
+        old, self._writer = self._writer, None
+        if old is None:
+            return
+        old.writer = False
+        if getattr(old.client.transport, "producer", None) is not None:
+            old.client.transport.unregisterProducer()
+        self._vm.transport.unregisterProducer()
+        self._vm.transport.resumeProducing()
+
+    def detach(self, attachment: Attachment) -> bool:
+        """Leave; True when nobody is attached any more (the VM connection is then closed)."""
+        if self._attachments.pop(attachment.id, None) is None:
+            return not self._attachments
+        if attachment is self._writer and self._vm is not None and self._vm.transport is not None:
+            self._demote_writer()
+        if not self._attachments:
+            self.close()
+            return True
+        return False
+
+    def close(self) -> None:
+        self._lost = True
+        if self._vm is not None and self._vm.transport is not None:
+            self._vm.transport.loseConnection()
+
+    def from_vm(self, data: bytes) -> None:
+        self.scrollback.append(data)
+        for attachment in list(self._attachments.values()):
+            if not attachment.deliver(data):
+                attachment.client.close(CloseCode.TOO_SLOW, f"read-only session fell more than {attachment.lag_limit} bytes behind the VM's output; reconnect")
+
+    def from_client(self, attachment: Attachment, data: bytes) -> None:
+        if attachment is not self._writer:
+            if not attachment.told_read_only:
+                attachment.told_read_only = True
+                attachment.client.send(READ_ONLY_NOTICE)
+            return
+        if self.connected:
+            attachment.bytes_in += len(data)
+            self._vm.transport.write(data)
+            if attachment.on_input is not None:
+                attachment.on_input(data)
+
+    def vm_lost(self, reason) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        for attachment in list(self._attachments.values()):
+            attachment.client.close(CloseCode.VM_CLOSED, "the VM closed its serial port")
 
 
 def _reason(error: Exception) -> str:
@@ -155,4 +274,3 @@ def _reason(error: Exception) -> str:
         return "connection timed out"
     text = getattr(error, "osError", None) or error
     return str(text).strip().rstrip(".") or type(error).__name__
-

@@ -159,6 +159,15 @@ OPTIONS = (
     Option(_SC, "token_ttl", _integer(1, 86400), "600", "seconds a console URL stays valid"),
     Option(_SC, "allowed_origins", _origins, "", "browser origins allowed besides the proxy's own Host, comma separated"),
     Option(_SC, "state_dir", _text, "serialproxy-state", "directory for the default sqlite database and other state"),
+    Option(_SC, "ping_interval", _integer(1, 3600), "20", "seconds between websocket pings that find dead clients"),
+    Option(_SC, "ping_timeout", _integer(1, 3600), "10", "seconds a client has to answer a ping before it is closed"),
+    Option(_SC, "idle_timeout", _integer(0, 604800), "0", "close a writer that sent nothing for this many seconds (0: never)"),
+    Option(_SC, "scrollback_bytes", _integer(0, 16 * 1024 * 1024), "65536", "recent console output replayed to a session when it attaches"),
+    Option(_SC, "spectator_lag_bytes", _integer(4096, 64 * 1024 * 1024), "262144", "bytes a read-only session may fall behind before it is closed"),
+    Option(_SC, "close_on_token_expiry", _boolean, "false", "close live sessions when their console token expires"),
+    Option(_SC, "record_dir", _text, "", "directory of session recordings (asciicast v2); empty: STATE_DIR/recordings"),
+    Option(_SC, "record_max_bytes", _integer(4096, 1 << 40), "10485760", "size at which a recording continues in a new file"),
+    Option(_SC, "record_keep", _integer(1, 1000000), "1000", "recording files kept; the oldest go first"),
     Option("database", "connection", _database, "", "database URL; empty: sqlite in state_dir; postgresql://... for several nodes"),
 )
 _BY_SECTION = {(o.section, o.name): o for o in OPTIONS}
@@ -185,6 +194,15 @@ class Config:
     token_ttl: int = 600
     allowed_origins: tuple = ()
     state_dir: str = "serialproxy-state"
+    ping_interval: int = 20
+    ping_timeout: int = 10
+    idle_timeout: int = 0
+    scrollback_bytes: int = 65536
+    spectator_lag_bytes: int = 262144
+    close_on_token_expiry: bool = False
+    record_dir: str = ""
+    record_max_bytes: int = 10485760
+    record_keep: int = 1000
     connection: str = field(default="")
 
     @property
@@ -195,6 +213,10 @@ class Config:
     @property
     def database_url(self) -> str:
         return self.connection or f"sqlite:///{os.path.join(self.state_dir, 'serialproxy.sqlite')}"
+
+    @property
+    def recordings_dir(self) -> str:
+        return self.record_dir or os.path.join(self.state_dir, "recordings")
 
     @property
     def web_dir(self) -> str:

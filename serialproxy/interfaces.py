@@ -19,6 +19,7 @@ __all__ = [
     "IStore",
     "SerialPort",
     "Server",
+    "SessionRecord",
 ]
 
 
@@ -93,6 +94,7 @@ class ConsoleToken:
     tenant_id: str
     created: float
     expires: float
+    key_tenant_id: str = ""  # the tenant of the API key that minted it
 
 
 @frozen
@@ -107,6 +109,25 @@ class ConsoleLock:
     tenant_id: str
     since: float
     expires: float
+
+
+@frozen
+class SessionRecord:
+    """A console session as every node sees it."""
+
+    id: str
+    server_id: str
+    port_index: int
+    mode: str  # "write" or "read"
+    peer: str
+    tenant_id: str  # the tenant of the key that minted the session's token
+    node: str
+    since: float
+    expires: float
+    bytes_in: int = 0
+    bytes_out: int = 0
+    kick_reason: Optional[str] = None
+    kicked_by: Optional[str] = None
 
 
 class IStore(Interface):
@@ -201,6 +222,22 @@ class IStore(Interface):
 
     def allocations(hypervisor_id: str):
         """``{port: server_id}`` of the hypervisor's allocated ports."""
+
+    def add_session(session: SessionRecord):
+        """Record a new session."""
+
+    def remove_session(session_id: str):
+        """Forget a session (it ended)."""
+
+    def list_sessions(now: float, server_id: Optional[str] = None):
+        """Live sessions (lease not expired), of one server or all, oldest first."""
+
+    def renew_sessions(node: str, expires: float, counters: dict):
+        """Extend the leases of ``node``'s sessions, store their byte counts
+        (``{id: (bytes_in, bytes_out)}``); the node's sessions that were kicked."""
+
+    def kick_session(server_id: str, session_id: str, reason: str, actor: str, now: float):
+        """Mark a live session kicked and free its writer lock at once; its record, or None."""
 
     def mark_ports_foreign(hypervisor_id: str, ports: tuple):
         """Ports found used by a domain that is not ours: never hand them out."""

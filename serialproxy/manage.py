@@ -1,4 +1,4 @@
-"""``serialproxy-manage``: the operator's command line (keys, hypervisors, servers, database).
+"""``serialproxy-manage``: the operator's command line (keys, hypervisors, servers, sessions, database).
 
 Every command first brings the database to the current schema, so it works
 on a fresh install before the daemon ever ran. Secrets go to standard
@@ -98,6 +98,28 @@ class _Server(usage.Options):
             raise usage.UsageError("server needs adopt or list")
 
 
+class _SessionKick(usage.Options):
+    synopsis = "SERVER_ID SESSION_ID [--reason TEXT]"
+    optParameters = [["reason", "r", "disconnected by an operator", "what the kicked client is told"]]
+
+    def parseArgs(self, server_id, session_id):
+        self["server_id"], self["session_id"] = server_id, session_id
+
+
+class _SessionList(usage.Options):
+    optParameters = [["server", None, None, "only this server's sessions"]]
+
+
+class _Session(usage.Options):
+    synopsis = "list [--server ID] | kick SERVER_ID SESSION_ID [--reason TEXT]"
+    subCommands = [["list", None, _SessionList, "list live console sessions on every node"],
+                   ["kick", None, _SessionKick, "disconnect a session (close code 4010) and free its console"]]
+
+    def postOptions(self):
+        if self.subCommand is None:
+            raise usage.UsageError("session needs list or kick")
+
+
 class ManageOptions(usage.Options):
     synopsis = "[--config FILE] [--database URL] COMMAND [options]"
     optParameters = [["config", "c", None, "serialproxy INI configuration file"],
@@ -109,6 +131,7 @@ class ManageOptions(usage.Options):
         ["db", None, _Db, "db upgrade: bring the schema up to date; db version: show it"],
         ["hypervisor", None, _Hypervisor, "hypervisor add|list"],
         ["server", None, _Server, "server adopt|list"],
+        ["session", None, _Session, "session list|kick"],
     ]
 
     def opt_version(self):
@@ -134,6 +157,8 @@ async def _keys_command(reactor, options) -> int:
         elif options.subCommand == "list-keys":
             for key in await store.list_keys():
                 print(f"{key.id}  tenant={key.tenant_id}  {'admin' if key.is_admin else 'member'}  {key.description}")
+        elif options.subCommand == "session":
+            return await _session_command(reactor, options, store)
         elif options.subCommand in ("hypervisor", "server"):
             return await _libvirt_command(reactor, options, store)
         elif options.subCommand == "revoke-key":
@@ -184,6 +209,25 @@ async def _libvirt_command(reactor, options, store) -> int:
         return 0
     finally:
         driver.stopService()
+
+
+async def _session_command(reactor, options, store) -> int:
+    """session list|kick, straight on the database: the holding node closes a kicked session
+    when it next renews its leases (within a third of a lease); the console is free at once."""
+    sub = options.subOptions
+    args = sub.subOptions
+    if sub.subCommand == "list":
+        for r in await store.list_sessions(reactor.seconds(), args["server"]):
+            print(f"{r.id}  server={r.server_id}  port={r.port_index}  {r.mode}  peer={r.peer}  tenant={r.tenant_id}  "
+                  f"node={r.node}  in={r.bytes_in}  out={r.bytes_out}")
+        return 0
+    reason = validate.kick_body({"reason": args["reason"]})
+    record = await store.kick_session(args["server_id"], args["session_id"], reason, "an operator (serialproxy-manage)",
+                                      reactor.seconds())
+    if record is None:
+        raise NotFound(f"no live session {args['session_id']!r} on server {args['server_id']!r}")
+    print(f"kicked session {record.id} ({record.peer}, {record.mode}) on node {record.node}", file=sys.stderr)
+    return 0
 
 
 def _db_command(options) -> int:

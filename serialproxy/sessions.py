@@ -1,27 +1,34 @@
-"""Console sessions: attach a client to a console, one writer per console.
+"""Console sessions: who is attached to which console, one writer per console.
 
-Attaching checks the token, takes the console's writer lock in the database
-(a lease this node renews, so a crashed node's locks expire) and connects
-the bridge. The lock is released when either side closes. Time and entropy
-are injected.
+Attaching checks the token; a writer (``mode=write``, the default) also
+takes the console's writer lock in the database, a lease this node renews,
+so it holds across nodes and a dead node's locks expire. Read-only
+spectators (``mode=read``) take no lock. Every session is a database row,
+so any node can list it and kick it; the holding node closes a session
+kicked elsewhere when it next renews its leases. Attach, detach, refusal
+and kick are logged as structured events (``event``, ``session``,
+``console``, ``peer``, ``actor``, ``reason``). Time and entropy are injected.
 """
 
 import datetime
 import os
-from typing import Callable, ClassVar, Dict
+from typing import Callable, ClassVar, Dict, Optional
 
-from attrs import define, field
+from attrs import define, evolve, field
 from twisted.application.internet import TimerService
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from .bridge import Bridge, IConsoleClient, vm_endpoint
-from .errors import CloseCode, ConsoleBusy
-from .interfaces import ConsoleLock, ConsoleToken, IStore
+from .bridge import Attachment, Console, IConsoleClient, Scrollback, vm_endpoint
+from .errors import BadRequest, CloseCode, ConsoleBusy, NotFound
+from .interfaces import ConsoleLock, ConsoleToken, IStore, SessionRecord
 from .tokens import TokenService, new_id
 
-__all__ = ["Session", "SessionManager", "busy_reason"]
+__all__ = ["Session", "SessionManager", "LeaseService", "busy_reason", "MODES"]
+
+MODES = ("write", "read")
+_log = Logger()
 
 
 def _utc(seconds: float) -> str:
@@ -36,20 +43,40 @@ def busy_reason(holder: ConsoleLock) -> str:
     )
 
 
-@define
+def _console_name(token: ConsoleToken) -> str:
+    return f"{token.server_id}/{token.port_index}"
+
+
+@define(eq=False)
 class Session:
-    """One client attached to one console."""
+    """One client attached to one console on this node."""
 
     id: str
     token: ConsoleToken
-    lock: ConsoleLock
+    mode: str
+    peer: str
+    tenant_id: str
+    since: float
     client: IConsoleClient
-    bridge: Bridge
+    console: Console
+    attachment: Attachment
+    lock: Optional[ConsoleLock]
+    timers: list = field(factory=list)
+    recording: object = None
+
+    @property
+    def console_name(self) -> str:
+        return _console_name(self.token)
+
+    def record(self, node: str, expires: float) -> SessionRecord:
+        return SessionRecord(self.id, self.token.server_id, self.token.port_index, self.mode, self.peer,
+                             self.tenant_id, node, self.since, expires,
+                             self.attachment.bytes_in, self.attachment.bytes_out)
 
 
 @define
 class SessionManager:
-    """The sessions of this node, and the writer leases it holds for them."""
+    """The sessions and consoles of this node, and the leases it holds for them."""
 
     _store: IStore
     _tokens: TokenService
@@ -58,44 +85,158 @@ class SessionManager:
     lease: float = 30.0
     connect_timeout: float = 10.0
     _entropy: Callable[[int], bytes] = os.urandom
+    scrollback_bytes: int = 65536
+    lag_bytes: int = 262144
+    idle_timeout: int = 0
+    close_on_token_expiry: bool = False
+    recorder: object = None
     _sessions: Dict[str, Session] = field(factory=dict)
+    _consoles: Dict[tuple, Console] = field(factory=dict)
+    _connecting: Dict[tuple, list] = field(factory=dict)
     _log: ClassVar[Logger] = Logger()
 
-    async def attach(self, client: IConsoleClient, secret: str, peer: str) -> Session:
-        """Check ``secret``, take the writer lock and connect the VM side."""
+    # attach and detach
+
+    async def attach(self, client: IConsoleClient, secret: str, peer: str, mode: str = "write") -> Session:
+        """Check ``secret``, take the writer lock (writers), join the console."""
+        if mode not in MODES:
+            raise BadRequest(f"unknown mode {mode!r}: use mode=write (the default) or mode=read")
         token = await self._tokens.check(secret)
         now = self._reactor.seconds()
-        lock = ConsoleLock(token.server_id, token.port_index, new_id(self._entropy), self.node,
-                           peer, token.tenant_id, now, now + self.lease)
-        holder = await self._store.acquire_lock(lock, now)
-        if holder is not None:
-            self._log.info("refused {peer} on {console}: held by {holder} since {since}",
-                           peer=peer, console=_console(token), holder=holder.peer, since=_utc(holder.since))
-            raise ConsoleBusy(busy_reason(holder))
-        session = Session(lock.session_id, token, lock, client, Bridge(client))
-        self._sessions[session.id] = session
+        session_id = new_id(self._entropy)
+        lock = await self._take_lock(token, session_id, peer, now) if mode == "write" else None
+        tenant = token.key_tenant_id or token.tenant_id
+        record = SessionRecord(session_id, token.server_id, token.port_index, mode, peer, tenant, self.node, now, now + self.lease)
+        await self._store.add_session(record)
         try:
-            where = f"{token.host}:{token.port}"
-            await session.bridge.connect(vm_endpoint(self._reactor, token.host, token.port, self.connect_timeout), where)
+            console = await self._console(token)
         except BaseException:
-            await self.detach(session)
+            await self._forget(session_id, lock is not None)
             raise
-        self._log.info("attached {peer} to {console} (session {session})", peer=peer,
-                       console=_console(token), session=session.id)
+        attachment = Attachment(session_id, client, mode == "write", self.lag_bytes)
+        session = Session(session_id, token, mode, peer, tenant, now, client, console, attachment, lock)
+        self._sessions[session_id] = session
+        self._start_recording(session)
+        console.attach(attachment)
+        self._start_timers(session)
+        self._log.info("{event}: {peer} on console {console} as {mode} (session {session}, tenant {tenant})",
+                       event="attach", peer=peer, console=session.console_name, mode=mode, session=session_id, tenant=tenant)
         return session
 
+    async def _take_lock(self, token, session_id, peer, now) -> ConsoleLock:
+        lock = ConsoleLock(token.server_id, token.port_index, session_id, self.node, peer, token.tenant_id, now, now + self.lease)
+        holder = await self._store.acquire_lock(lock, now)
+        if holder is not None:
+            reason = busy_reason(holder)
+            self._log.info("{event}: {peer} on console {console}: {reason}", event="refuse", peer=peer,
+                           console=_console_name(token), reason=reason, holder=holder.session_id)
+            raise ConsoleBusy(reason)
+        return lock
+
+    async def _console(self, token: ConsoleToken) -> Console:
+        """This node's console for the token's serial port, connecting it if needed."""
+        key = (token.server_id, token.port_index)
+        console = self._consoles.get(key)
+        if console is not None and key in self._connecting:
+            waiter = Deferred()
+            self._connecting[key].append(waiter)
+            return await waiter
+        if console is not None and console.connected:
+            return console
+        console = Console(_console_name(token), Scrollback(self.scrollback_bytes))
+        self._consoles[key] = console
+        self._connecting[key] = []
+        try:
+            endpoint = vm_endpoint(self._reactor, token.host, token.port, self.connect_timeout)
+            await console.connect(endpoint, f"{token.host}:{token.port}")
+        except BaseException as e:
+            if self._consoles.get(key) is console:
+                del self._consoles[key]
+            for waiter in self._connecting.pop(key):
+                waiter.errback(e)
+            raise
+        for waiter in self._connecting.pop(key):
+            waiter.callback(console)
+        return console
+
     async def detach(self, session: Session) -> None:
-        """The client went: close the VM side and release the lock."""
+        """The client went: leave the console (closing the VM side if last) and free the lock."""
         if self._sessions.pop(session.id, None) is None:
             return
-        session.bridge.client_lost()
-        await self._store.release_lock(session.id)
-        self._log.info("detached {peer} from {console} (session {session}, {sent} bytes to VM, {received} to client)",
-                       peer=session.lock.peer, console=_console(session.token), session=session.id,
-                       sent=session.bridge.bytes_to_vm, received=session.bridge.bytes_to_client)
+        for timer in session.timers:
+            if timer.active():
+                timer.cancel()
+        key = (session.token.server_id, session.token.port_index)
+        if session.console.detach(session.attachment) and self._consoles.get(key) is session.console:
+            del self._consoles[key]
+        if session.recording is not None:
+            session.recording.close()
+        await self._forget(session.id, session.lock is not None)
+        self._log.info("{event}: {peer} from console {console} (session {session}, {bytes_in} bytes in, {bytes_out} out)",
+                       event="detach", peer=session.peer, console=session.console_name, session=session.id,
+                       bytes_in=session.attachment.bytes_in, bytes_out=session.attachment.bytes_out)
+
+    async def _forget(self, session_id: str, locked: bool) -> None:
+        if locked:
+            await self._store.release_lock(session_id)
+        await self._store.remove_session(session_id)
+
+    # timers and recording
+
+    def _start_timers(self, session: Session) -> None:
+        if self.close_on_token_expiry:
+            delay = max(0.0, session.token.expires - self._reactor.seconds())
+            session.timers.append(self._reactor.callLater(delay, session.client.close, CloseCode.TOKEN_EXPIRED,
+                                                          "the console token expired; ask the API for a new console URL"))
+        if self.idle_timeout and session.mode == "write":
+            session.timers.append(_IdleTimer(self._reactor, session, self.idle_timeout).start())
+
+    def _start_recording(self, session: Session) -> None:
+        if self.recorder is None:
+            return
+        try:
+            session.recording = self.recorder.open(session.token.server_id, session.token.port_index, session.id, session.mode)
+        except Exception:
+            self._log.failure("could not start recording session {session}", session=session.id)
+            return
+        session.attachment.on_output = session.recording.output
+        if session.mode == "write":
+            session.attachment.on_input = session.recording.input
+
+    def from_client(self, session: Session, data: bytes) -> None:
+        """Bytes the client typed: to the VM if it is the writer; resets the idle timer."""
+        session.console.from_client(session.attachment, data)
+        for timer in session.timers:
+            if isinstance(timer, _IdleTimer):
+                timer.touch()
+
+    # listing and kicking
 
     def sessions(self) -> list:
         return list(self._sessions.values())
+
+    async def list(self, server_id: Optional[str] = None) -> list:
+        """Live sessions on every node, with this node's byte counts as of now."""
+        records = await self._store.list_sessions(self._reactor.seconds(), server_id)
+        local = self._sessions
+        return [evolve(r, bytes_in=local[r.id].attachment.bytes_in, bytes_out=local[r.id].attachment.bytes_out)
+                if r.id in local else r for r in records]
+
+    async def kick(self, server_id: str, session_id: str, reason: str, actor: str) -> SessionRecord:
+        """Disconnect a session (on any node) and free its writer lock at once."""
+        record = await self._store.kick_session(server_id, session_id, reason, actor, self._reactor.seconds())
+        if record is None:
+            raise NotFound(f"no live session {session_id!r} on server {server_id!r}")
+        self._log.info("{event}: session {session} on console {console} by {actor}: {reason}", event="kick",
+                       session=session_id, console=f"{server_id}/{record.port_index}", actor=actor, reason=reason)
+        self._close_kicked(record)
+        return record
+
+    def _close_kicked(self, record: SessionRecord) -> None:
+        session = self._sessions.get(record.id)
+        if session is not None:
+            reason = record.kick_reason or "no reason given"
+            session.client.close(CloseCode.KICKED, f"kicked by {record.kicked_by}: {reason}")
 
     def close_server(self, server_id: str, code: CloseCode, reason: str) -> int:
         """Close this node's sessions on one server; how many."""
@@ -104,11 +245,16 @@ class SessionManager:
             session.client.close(code, reason)
         return len(doomed)
 
+    # leases
+
     async def renew(self) -> int:
-        """Extend this node's leases; run by :meth:`service` every third of a lease."""
+        """Extend this node's leases, store byte counts, close sessions kicked elsewhere."""
         if not self._sessions:
             return 0
-        return await self._store.renew_locks(self.node, self._reactor.seconds() + self.lease)
+        counters = {s.id: (s.attachment.bytes_in, s.attachment.bytes_out) for s in self._sessions.values()}
+        for record in await self._store.renew_sessions(self.node, self._reactor.seconds() + self.lease, counters):
+            self._close_kicked(record)
+        return len(counters)
 
     async def close_all(self, reason: str = "the console proxy is shutting down") -> None:
         """Close every session and release its lock (at shutdown)."""
@@ -121,8 +267,47 @@ class SessionManager:
         return LeaseService(self)
 
 
+class _IdleTimer:
+    """Warns a writer that sent nothing for a while, then closes it."""
+
+    def __init__(self, clock, session: Session, timeout: int):
+        self._clock = clock
+        self._session = session
+        self._timeout = timeout
+        self._warning = min(60, max(1, timeout // 4))
+        self._call = None
+        self._warned = False
+
+    def start(self) -> "_IdleTimer":
+        self._call = self._clock.callLater(self._timeout - self._warning, self._warn)
+        return self
+
+    def touch(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._warned = False
+        self.start()
+
+    def _warn(self) -> None:
+        self._warned = True
+        self._session.client.send(
+            f"\r\n[serialproxy: no input for {self._timeout - self._warning} s; this session closes in "
+            f"{self._warning} s unless you type]\r\n".encode())
+        self._call = self._clock.callLater(self._warning, self._close)
+
+    def _close(self) -> None:
+        self._session.client.close(CloseCode.IDLE_TIMEOUT, f"idle for {self._timeout} s: closed; reconnect to go on")
+
+    def active(self) -> bool:
+        return self._call is not None and self._call.active()
+
+    def cancel(self) -> None:
+        if self.active():
+            self._call.cancel()
+
+
 class LeaseService(TimerService):
-    """Renews this node's writer leases, and releases them all when stopped."""
+    """Renews this node's leases, and closes and releases every session when stopped."""
 
     def __init__(self, manager: SessionManager):
         super().__init__(manager.lease / 3, self._renew)
@@ -131,13 +316,9 @@ class LeaseService(TimerService):
 
     def _renew(self):
         d = Deferred.fromCoroutine(self._manager.renew())
-        d.addErrback(lambda f: SessionManager._log.failure("renewing console leases failed", f))
+        d.addErrback(lambda f: _log.failure("renewing console leases failed", f))
         return d
 
     def stopService(self):
         super().stopService()
         return Deferred.fromCoroutine(self._manager.close_all())
-
-
-def _console(token: ConsoleToken) -> str:
-    return f"{token.server_id}/{token.port_index}"

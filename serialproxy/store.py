@@ -13,12 +13,13 @@ from zope.interface import implementer
 
 from .database import Database
 from .errors import Conflict
-from .interfaces import ApiKey, ConsoleLock, ConsoleToken, Hypervisor, Image, IStore, SerialPort, Server
+from .interfaces import ApiKey, ConsoleLock, ConsoleToken, Hypervisor, Image, IStore, SerialPort, Server, SessionRecord
 
 __all__ = ["SQLStore"]
 
 _KEY_COLUMNS = "id, tenant_id, is_admin, description, created"
-_TOKEN_COLUMNS = "token_hash, server_id, port_index, host, port, tenant_id, created, expires"
+_TOKEN_COLUMNS = "token_hash, server_id, port_index, host, port, tenant_id, created, expires, key_tenant_id"
+_SESSION_COLUMNS = "id, server_id, port_index, mode, peer, tenant_id, node, since, expires, bytes_in, bytes_out, kick_reason, kicked_by"
 _LOCK_COLUMNS = "server_id, port_index, session_id, node, peer, tenant_id, since, expires"
 _SERVER_COLUMNS = "id, name, tenant_id, status, created, hypervisor_id, image_id, domain, memory_mb"
 _HYPERVISOR_COLUMNS = "id, name, libvirt_uri, proxyclient_address, port_low, port_high, created, virt_type"
@@ -110,16 +111,16 @@ def _set_serial_ports_txn(cursor, server_id, ports):
 
 def _delete_server_txn(cursor, server_id):
     cursor.execute("UPDATE port_allocations SET state = 'free', server_id = NULL WHERE server_id = ?", (server_id,))
-    for table in ("console_locks", "console_tokens", "serial_ports"):
+    for table in ("console_sessions", "console_locks", "console_tokens", "serial_ports"):
         cursor.execute(f"DELETE FROM {table} WHERE server_id = ?", (server_id,))
     return cursor.execute("DELETE FROM servers WHERE id = ?", (server_id,)).rowcount > 0
 
 
 def _add_token_txn(cursor, token):
     cursor.execute(
-        f"INSERT INTO console_tokens ({_TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT INTO console_tokens ({_TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (token.token_hash, token.server_id, token.port_index, token.host, token.port,
-         token.tenant_id, token.created, token.expires),
+         token.tenant_id, token.created, token.expires, token.key_tenant_id),
     )
 
 
@@ -244,6 +245,45 @@ def _count_unavailable_ports_txn(cursor, hypervisor_id, low, high):
 def _allocations_txn(cursor, hypervisor_id):
     return dict(cursor.execute("SELECT port, server_id FROM port_allocations WHERE hypervisor_id = ? AND state = 'allocated'",
                                (hypervisor_id,)).fetchall())
+
+
+def _add_session_txn(cursor, session):
+    cursor.execute(f"INSERT INTO console_sessions ({_SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   (session.id, session.server_id, session.port_index, session.mode, session.peer, session.tenant_id,
+                    session.node, session.since, session.expires, session.bytes_in, session.bytes_out,
+                    session.kick_reason, session.kicked_by))
+
+
+def _remove_session_txn(cursor, session_id):
+    cursor.execute("DELETE FROM console_sessions WHERE id = ?", (session_id,))
+
+
+def _list_sessions_txn(cursor, now, server_id):
+    where, params = ("AND server_id = ?", (now, server_id)) if server_id else ("", (now,))
+    rows = cursor.execute(f"SELECT {_SESSION_COLUMNS} FROM console_sessions WHERE expires >= ? AND kick_reason IS NULL {where} "
+                          "ORDER BY since, id", params).fetchall()
+    return [SessionRecord(*row) for row in rows]
+
+
+def _renew_sessions_txn(cursor, node, expires, counters):
+    for session_id, (bytes_in, bytes_out) in counters.items():
+        cursor.execute("UPDATE console_sessions SET expires = ?, bytes_in = ?, bytes_out = ? WHERE id = ? AND node = ?",
+                       (expires, bytes_in, bytes_out, session_id, node))
+    cursor.execute("UPDATE console_locks SET expires = ? WHERE node = ?", (expires, node))
+    rows = cursor.execute(f"SELECT {_SESSION_COLUMNS} FROM console_sessions WHERE node = ? AND kick_reason IS NOT NULL",
+                          (node,)).fetchall()
+    return [SessionRecord(*row) for row in rows]
+
+
+def _kick_session_txn(cursor, server_id, session_id, reason, actor, now):
+    kicked = cursor.execute("UPDATE console_sessions SET kick_reason = ?, kicked_by = ? "
+                            "WHERE id = ? AND server_id = ? AND expires >= ? AND kick_reason IS NULL",
+                            (reason, actor, session_id, server_id, now)).rowcount
+    if not kicked:
+        return None
+    cursor.execute("DELETE FROM console_locks WHERE session_id = ?", (session_id,))
+    row = cursor.execute(f"SELECT {_SESSION_COLUMNS} FROM console_sessions WHERE id = ?", (session_id,)).fetchone()
+    return SessionRecord(*row)
 
 
 def _mark_ports_foreign_txn(cursor, hypervisor_id, ports):
@@ -371,6 +411,21 @@ class SQLStore:
 
     def mark_ports_foreign(self, hypervisor_id, ports):
         return self._db.run(_mark_ports_foreign_txn, hypervisor_id, ports)
+
+    def add_session(self, session):
+        return self._db.run(_add_session_txn, session)
+
+    def remove_session(self, session_id):
+        return self._db.run(_remove_session_txn, session_id)
+
+    def list_sessions(self, now, server_id=None):
+        return self._db.run(_list_sessions_txn, now, server_id)
+
+    def renew_sessions(self, node, expires, counters):
+        return self._db.run(_renew_sessions_txn, node, expires, counters)
+
+    def kick_session(self, server_id, session_id, reason, actor, now):
+        return self._db.run(_kick_session_txn, server_id, session_id, reason, actor, now)
 
     def adopt_ports(self, hypervisor_id, ports, server_id):
         return self._db.run(_adopt_ports_txn, hypervisor_id, ports, server_id)

@@ -17,6 +17,7 @@ from .database import Database, open_database
 from .errors import ConfigError, DatabaseError
 from .libvirt_driver import LibvirtDriver
 from .ports import PortAllocator, PortProbe
+from .recording import Recorder
 from .servers import Servers
 from .sessions import SessionManager
 from .store import SQLStore
@@ -162,7 +163,13 @@ def build_service(config: Config, reactor, entropy=os.urandom, database: Databas
     purge.clock = reactor
     purge.setServiceParent(top)
     node = f"{socket.gethostname()}/{os.getpid()}/{new_id(entropy)[:8]}"
-    sessions = SessionManager(store, tokens, reactor, node, entropy=entropy)
+    recorder = None
+    if config.record:
+        recorder = Recorder(config.recordings_dir, config.record_max_bytes, config.record_keep, reactor, reactor=reactor)
+        recorder.setServiceParent(top)
+    sessions = SessionManager(store, tokens, reactor, node, entropy=entropy, scrollback_bytes=config.scrollback_bytes,
+                              lag_bytes=config.spectator_lag_bytes, idle_timeout=config.idle_timeout,
+                              close_on_token_expiry=config.close_on_token_expiry, recorder=recorder)
     sessions.service().setServiceParent(top)
     driver = LibvirtDriver(reactor)
     driver.setServiceParent(top)
@@ -170,7 +177,7 @@ def build_service(config: Config, reactor, entropy=os.urandom, database: Databas
     _ReconcileService(store, servers).setServiceParent(top)
     urls = ConsoleURLs(config)
     api = API(config, store, KeyService(store, reactor, entropy), tokens, sessions, reactor, urls.base_url, entropy, servers)
-    site = make_site(api, ConsoleFactory(sessions, config.allowed_origins), config.web_dir)
+    site = make_site(api, ConsoleFactory(sessions, config.allowed_origins, config.ping_interval, config.ping_timeout), config.web_dir)
     description = config.listen_endpoint()
     endpoint = _ListeningEndpoint(endpoints.serverFromString(reactor, description), urls, description)
     listener = internet.StreamServerEndpointService(endpoint, site)
@@ -179,8 +186,6 @@ def build_service(config: Config, reactor, entropy=os.urandom, database: Databas
     top.urls = urls
     top.sessions = sessions
     top.servers = servers
-    if config.record:
-        _log.warn("record = true: session recording is not in this version yet; sessions are not recorded")
     return top
 
 

@@ -44,6 +44,7 @@ class MemoryStore:
     hypervisors: dict = field(factory=dict)
     images: dict = field(factory=dict)
     ports: dict = field(factory=dict)  # (hypervisor_id, port) -> (state, server_id)
+    sessions: dict = field(factory=dict)  # id -> SessionRecord
 
     def create_key(self, key, key_hash):
         def create():
@@ -87,6 +88,7 @@ class MemoryStore:
         existed = self.servers.pop(server_id, None) is not None
         self.tokens = {h: t for h, t in self.tokens.items() if t.server_id != server_id}
         self.locks = {c: lock for c, lock in self.locks.items() if c[0] != server_id}
+        self.sessions = {i: r for i, r in self.sessions.items() if r.server_id != server_id}
         return succeed(existed)
 
     def add_token(self, token):
@@ -186,6 +188,35 @@ class MemoryStore:
 
     def allocations(self, hypervisor_id):
         return succeed({p: owner for (h, p), (state, owner) in self.ports.items() if h == hypervisor_id and state == "allocated"})
+
+    def add_session(self, session):
+        self.sessions[session.id] = session
+        return succeed(None)
+
+    def remove_session(self, session_id):
+        self.sessions.pop(session_id, None)
+        return succeed(None)
+
+    def list_sessions(self, now, server_id=None):
+        found = [r for r in self.sessions.values()
+                 if r.expires >= now and r.kick_reason is None and server_id in (None, r.server_id)]
+        return succeed(sorted(found, key=lambda r: (r.since, r.id)))
+
+    def renew_sessions(self, node, expires, counters):
+        for session_id, (bytes_in, bytes_out) in counters.items():
+            record = self.sessions.get(session_id)
+            if record is not None and record.node == node:
+                self.sessions[session_id] = evolve(record, expires=expires, bytes_in=bytes_in, bytes_out=bytes_out)
+        self.renew_locks(node, expires)
+        return succeed([r for r in self.sessions.values() if r.node == node and r.kick_reason is not None])
+
+    def kick_session(self, server_id, session_id, reason, actor, now):
+        record = self.sessions.get(session_id)
+        if record is None or record.server_id != server_id or record.expires < now or record.kick_reason is not None:
+            return succeed(None)
+        record = self.sessions[session_id] = evolve(record, kick_reason=reason, kicked_by=actor)
+        self.release_lock(session_id)
+        return succeed(record)
 
     def mark_ports_foreign(self, hypervisor_id, ports):
         for port in ports:

@@ -53,13 +53,13 @@ class TokenService:
     _entropy: Callable[[int], bytes] = os.urandom
     _log: ClassVar[Logger] = Logger()
 
-    async def mint(self, server: Server, port: SerialPort) -> str:
+    async def mint(self, server: Server, port: SerialPort, key_tenant_id: str = "") -> str:
         """A new token for one serial port; the secret is returned, its hash stored."""
         secret = new_secret(self._entropy)
         now = self._clock.seconds()
         await self._store.add_token(
             ConsoleToken(hash_secret(secret), server.id, port.index, port.host, port.port,
-                         server.tenant_id, now, now + self._ttl)
+                         server.tenant_id, now, now + self._ttl, key_tenant_id or server.tenant_id)
         )
         return secret
 

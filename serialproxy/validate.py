@@ -12,7 +12,7 @@ from .errors import BadRequest
 
 __all__ = [
     "server_body", "boot_body", "console_body", "hypervisor_body", "image_body", "image_serial_ports",
-    "is_id", "tenant_id", "MAX_SERIAL_PORTS", "MACHINE_SERIAL_PORTS",
+    "kick_body", "is_id", "tenant_id", "MAX_SERIAL_PORTS", "MACHINE_SERIAL_PORTS",
 ]
 
 MAX_SERIAL_PORTS = 32
@@ -187,3 +187,12 @@ def console_body(body: dict) -> tuple:
     if kind != "serial":
         raise BadRequest(f"{name}.type: {_show(kind)} is not a console type this proxy serves: only 'serial'")
     return kind, _int(inner.get("port", 0), f"{name}.port", 0, MAX_SERIAL_PORTS - 1)
+
+
+def kick_body(body: dict) -> str:
+    """``{"reason": "..."}`` (optional) -> the reason a kicked session is told."""
+    _known(body, "body", ("reason",))
+    reason = body.get("reason", "no reason given")
+    if not isinstance(reason, str) or len(reason) > 200 or any(ord(c) < 32 or 127 <= ord(c) < 160 for c in reason):
+        raise BadRequest(f"reason: {_show(reason)} is not allowed: expected up to 200 printable characters")
+    return reason or "no reason given"

@@ -3,8 +3,8 @@
 The handshake is always accepted, so that every refusal reaches the client
 as a close code in 4000-4999 with a reason a person can read (a browser sees
 only 1006 from a refused handshake). After it: the Origin is checked, then
-the token, the writer lock and the VM connection (see
-:mod:`serialproxy.sessions`). VM bytes go out as binary frames; binary and
+the token, the writer lock (``mode=write``, the default; ``mode=read``
+attaches a spectator) and the VM connection (see :mod:`serialproxy.sessions`). VM bytes go out as binary frames; binary and
 text frames from the client go to the VM as bytes. The ``binary`` and
 ``base64`` subprotocols of noVNC-style clients are accepted.
 """
@@ -94,13 +94,11 @@ class ConsoleProtocol(WebSocketServerProtocol):
     async def _attach(self):
         peer = _peer(self.transport.getPeer())
         try:
-            if self._mode != "write":
-                raise _Refusal(CloseCode.BAD_REQUEST, f"unknown mode {self._mode!r}: use mode=write (the default)")
             if not self._origin_ok:
                 raise _Refusal(CloseCode.ORIGIN_REFUSED, "origin not allowed: open the console from the proxy's own page or an allowed_origins site")
             if not self._secret:
                 raise _Refusal(CloseCode.BAD_REQUEST, "missing ?token= in the console URL: ask the API for a console URL")
-            session = await self.factory.sessions.attach(self, self._secret, peer)
+            session = await self.factory.sessions.attach(self, self._secret, peer, self._mode)
         except (SerialProxyError, _Refusal) as e:
             self._log.info("refused console for {peer}: {reason}", peer=peer, reason=str(e))
             self.close(e.close_code, str(e))
@@ -114,7 +112,7 @@ class ConsoleProtocol(WebSocketServerProtocol):
             await self.factory.sessions.detach(session)
             return
         for data in self._pending:
-            session.bridge.from_client(data)
+            self.factory.sessions.from_client(session, data)
         self._pending = None
 
     def onMessage(self, payload, isBinary):
@@ -123,7 +121,7 @@ class ConsoleProtocol(WebSocketServerProtocol):
             if data is None:
                 return
             if self._session is not None:
-                self._session.bridge.from_client(data)
+                self.factory.sessions.from_client(self._session, data)
             elif self._pending is not None:
                 self._pending_bytes += len(data)
                 if self._pending_bytes > _MAX_PENDING:
@@ -185,7 +183,8 @@ class ConsoleFactory(WebSocketServerFactory):
 
     protocol = ConsoleProtocol
 
-    def __init__(self, sessions, allowed_origins=(), url: Optional[str] = None):
+    def __init__(self, sessions, allowed_origins=(), ping_interval: float = 20, ping_timeout: float = 10,
+                 url: Optional[str] = None):
         super().__init__(url)
         self.sessions = sessions
         self.allowed_origins = tuple(allowed_origins)
@@ -195,6 +194,8 @@ class ConsoleFactory(WebSocketServerFactory):
             autoFragmentSize=MAX_FRAME,
             openHandshakeTimeout=30,
             closeHandshakeTimeout=5,
-            autoPingInterval=20,
-            autoPingTimeout=10,
+            # Pings find clients whose network went away (and keep load
+            # balancers with 60 s idle cuts from dropping quiet consoles).
+            autoPingInterval=ping_interval,
+            autoPingTimeout=ping_timeout,
         )

@@ -203,6 +203,39 @@ class StoreContract:
         self.assertEqual(sorted(self.get(self.store.known_ports("h1"))), [10000, 10001])
         self.assertEqual(self.get(self.store.count_unavailable_ports("h1", 10000, 10009)), 2)
 
+    def session(self, sid="a", node="n1", expires=30.0):
+        from serialproxy.interfaces import SessionRecord
+        record = SessionRecord(sid, "s1", 0, "write", "127.0.0.1:1", "acme", node, 1.0, expires)
+        self.get(self.store.add_session(record))
+        return record
+
+    def test_sessions(self):
+        """Sessions are listed while their lease lasts, renewed with their byte counts, and removed."""
+        self.get(self.store.create_server(_server()))
+        self.session("a")
+        self.session("b", node="n2", expires=10.0)
+        self.assertEqual([r.id for r in self.get(self.store.list_sessions(5.0))], ["a", "b"])
+        self.assertEqual([r.id for r in self.get(self.store.list_sessions(20.0, "s1"))], ["a"])
+        self.assertEqual(self.get(self.store.list_sessions(5.0, "s2")), [])
+        self.assertEqual(self.get(self.store.renew_sessions("n1", 100.0, {"a": (3, 4), "b": (9, 9)})), [])
+        renewed = self.get(self.store.list_sessions(50.0))
+        self.assertEqual([(r.id, r.bytes_in, r.bytes_out) for r in renewed], [("a", 3, 4)])
+        self.get(self.store.remove_session("a"))
+        self.assertEqual([r.id for r in self.get(self.store.list_sessions(0.0))], ["b"])
+
+    def test_kick(self):
+        """A kick marks the session (once), frees its writer lock, and its node learns of it on renewal."""
+        self.get(self.store.create_server(_server()))
+        self.session("a")
+        self.get(self.store.acquire_lock(_lock("a"), 0.0))
+        record = self.get(self.store.kick_session("s1", "a", "maintenance", "admin", 5.0))
+        self.assertEqual((record.kick_reason, record.kicked_by), ("maintenance", "admin"))
+        self.assertIsNone(self.get(self.store.acquire_lock(_lock("z", node="n2"), 6.0)))
+        self.assertIsNone(self.get(self.store.kick_session("s1", "a", "again", "admin", 5.0)))
+        self.assertIsNone(self.get(self.store.kick_session("s2", "a", "x", "admin", 5.0)))
+        self.assertEqual([r.id for r in self.get(self.store.renew_sessions("n1", 60.0, {"a": (0, 0)}))], ["a"])
+        self.assertEqual(self.get(self.store.list_sessions(5.0)), [])
+
     def test_delete_server_frees_its_ports(self):
         """Deleting a server releases its port allocations."""
         self.hypervisor()

@@ -64,7 +64,7 @@ class EchoTests(IntegrationTestCase):
         await wait_until(lambda: len(decoded()) >= len(data), "the base64 echo")
         self.assertEqual(decoded(), data)
         self.assertEqual(client.count, 0, "no binary frames on the base64 subprotocol")
-        self.assertEqual(node.sessions()[0].bridge.bytes_to_vm, len(data))
+        self.assertEqual(node.sessions()[0].attachment.bytes_in, len(data))
 
 
 class BulkTests(IntegrationTestCase):
@@ -104,20 +104,20 @@ class FlowControlTests(IntegrationTestCase):
         client.transport.pauseProducing()
         flood = await vm.connected()
         await wait_until(lambda: node.sessions(), "the session to attach")
-        bridge = node.sessions()[0].bridge
+        bridge = node.sessions()[0].attachment
 
-        accepted = await wait_for_stall(lambda: bridge.bytes_to_client, "bytes the proxy accepted from the VM")
+        accepted = await wait_for_stall(lambda: bridge.bytes_out, "bytes the proxy accepted from the VM")
         self.assertTrue(flood.paused, "the flooding VM's transport paused it")
         self.assertLess(accepted, 64 * MIB, "the proxy holds a bounded amount")
         sent = flood.sent
         await wait_for_stall(lambda: flood.sent, "bytes the VM wrote", still=0.2)
         self.assertEqual(flood.sent, sent, "the VM's writes back up: it stays paused")
-        self.assertEqual(bridge.bytes_to_client, accepted)
+        self.assertEqual(bridge.bytes_out, accepted)
 
         client.transport.resumeProducing()
         await client.wait_for_bytes(accepted + 4 * MIB, timeout=20)
         self.assertGreater(flood.resumes, 0)
-        self.assertGreater(bridge.bytes_to_client, accepted)
+        self.assertGreater(bridge.bytes_out, accepted)
         flood.stop()
         await client.wait_for_bytes(flood.sent, timeout=20)
         self.assertEqual(client.count, flood.sent)
@@ -146,11 +146,11 @@ class FlowControlTests(IntegrationTestCase):
         client = await open_console(self, url)
         deaf = await vm.connected()
         await wait_until(lambda: node.sessions(), "the session to attach")
-        bridge = node.sessions()[0].bridge
+        bridge = node.sessions()[0].attachment
         pusher = ClientPusher(client)
         pusher.start()
 
-        accepted = await wait_for_stall(lambda: bridge.bytes_to_vm, "bytes the proxy accepted from the client")
+        accepted = await wait_for_stall(lambda: bridge.bytes_in, "bytes the proxy accepted from the client")
         self.assertTrue(pusher.paused, "the client's transport paused the sender")
         self.assertLess(accepted, 64 * MIB, "the proxy holds a bounded amount")
 

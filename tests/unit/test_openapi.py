@@ -17,10 +17,12 @@ from urllib.parse import urlsplit
 import yaml
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from serialproxy.api import API
+from serialproxy.bridge import IConsoleClient
 from serialproxy.config import load_config
 from serialproxy.errors import CloseCode
 from serialproxy.interfaces import Hypervisor, Image, SerialPort, Server
@@ -237,6 +239,22 @@ class _Unreachable:
         return call
 
 
+@implementer(IConsoleClient)
+class _Client:
+    """A console client (websocket or telnet) that remembers what it was sent and how it was closed."""
+
+    def __init__(self):
+        self.transport = StringTransport()
+        self.received = b""
+        self.closed = []
+
+    def send(self, data):
+        self.received += data
+
+    def close(self, code, reason):
+        self.closed.append((code, reason))
+
+
 def provokes(*cases):
     """Mark a test as provoking these ``(METHOD, path, status)`` answers."""
     def mark(test):
@@ -408,7 +426,7 @@ class APIConformanceTests(SynchronousTestCase):
 
     def setUp(self):
         self.spec = load_spec()
-        self.clock = Clock()
+        self.clock = MemoryReactorClock()  # the sessions' reactor too: VM connections stay in memory
         self.clock.advance(1_700_000_000)
         self.db = inline_database(sqlite_url(self))
         self.addCleanup(self.db.close)
@@ -418,16 +436,19 @@ class APIConformanceTests(SynchronousTestCase):
         self.admin = self._key("ops", True)
         self.member = self._key("acme", False)
         self.other = self._key("globex", False)
-        self.stub = self._stub(self.store, enabled=True)
+        self.tokens = TokenService(self.store, self.clock, 600)
+        self.sessions = SessionManager(self.store, self.tokens, self.clock, "node")
+        self.vms = {}
+        self.stub = self._stub(self.store, enabled=True, sessions=self.sessions)
 
     def _key(self, tenant: str, admin: bool) -> str:
         keys = KeyService(self.store, self.clock)
         return self.successResultOf(Deferred.fromCoroutine(keys.create(tenant, admin)))[1]
 
-    def _stub(self, store, enabled: bool) -> StubTreq:
+    def _stub(self, store, enabled: bool, sessions=None) -> StubTreq:
         config = load_config(None, {"enabled": "true" if enabled else "false"})
         tokens = TokenService(store, self.clock, 600)
-        sessions = SessionManager(store, tokens, self.clock, "node")
+        sessions = sessions or SessionManager(store, tokens, self.clock, "node")
         servers = self._servers(store)
         api = API(config, store, KeyService(store, self.clock), tokens, sessions, self.clock,
                   lambda: "ws://127.0.0.1:6083/", os.urandom, servers)
@@ -464,6 +485,25 @@ class APIConformanceTests(SynchronousTestCase):
                         tuple(SerialPort(i, "192.0.2.10", first + i) for i in range(ports)))
         self.successResultOf(self.store.create_server(server))
         return server.id
+
+    def _attach(self, server_id: str, mode: str = "write", index: int = 0, tenant: str = "acme",
+                peer: str = "127.0.0.1:5000"):
+        """A live session on a serial port, through the API's session manager; ``(session, client)``.
+
+        The first session on a port completes its VM connection in memory;
+        ``self.vms[(server_id, index)]`` is then the VM's end (its protocol).
+        """
+        server = self.successResultOf(self.store.get_server(server_id))
+        secret = self.successResultOf(Deferred.fromCoroutine(self.tokens.mint(server, server.serial_ports[index], tenant)))
+        client, connects = _Client(), len(self.clock.tcpClients)
+        d = Deferred.fromCoroutine(self.sessions.attach(client, secret, peer, mode))
+        if len(self.clock.tcpClients) > connects:
+            host, port, factory, timeout, bind = self.clock.tcpClients[-1]
+            self.assertEqual((host, port), (server.serial_ports[index].host, server.serial_ports[index].port))
+            protocol = factory.buildProtocol(None)
+            protocol.makeConnection(StringTransport())
+            self.vms[(server_id, index)] = protocol
+        return self.successResultOf(d), client
 
     def call(self, method: str, template: str, status: int, key=None, body=None, raw=None,
              stub=None, **params):
@@ -973,6 +1013,106 @@ class APIConformanceTests(SynchronousTestCase):
             listed = self.call("GET", "/v3/images", 200, key=key)["images"]
             self.assertEqual([i["name"] for i in listed], ["cirros", "alpine"])
         self.call("GET", "/v3/images", 401)
+
+    # console sessions
+
+    SESSIONS = "/v3/servers/{server_id}/serial-sessions"
+    KICK = "/v3/servers/{server_id}/serial-sessions/{session_id}"
+
+    @provokes(("GET", SESSIONS, 200))
+    def test_list_server_sessions(self):
+        """The owner and an admin see a server's writer and spectators, with byte counts as of now and replayed scrollback."""
+        server_id, elsewhere = self._server(), self._server()
+        self.assertEqual(self.call("GET", self.SESSIONS, 200, key=self.member, server_id=server_id), {"serial_sessions": []})
+        writer, _ = self._attach(server_id, "write", peer="192.0.2.50:40000")
+        self.vms[(server_id, 0)].dataReceived(b"login: ")
+        self.sessions.from_client(writer, b"root\r")
+        self.clock.advance(1)
+        spectator, watching = self._attach(server_id, "read", tenant="ops", peer="[2001:db8::1]:40001")
+        self._attach(elsewhere, "write")
+        self.assertEqual(watching.received, b"login: ")
+        for key in (self.member, self.admin):
+            listed = self.call("GET", self.SESSIONS, 200, key=key, server_id=server_id)["serial_sessions"]
+            self.assertEqual(listed, [
+                {"id": writer.id, "port": 0, "mode": "write", "peer": "192.0.2.50:40000", "since": "2023-11-14T22:13:20Z",
+                 "bytes_in": 5, "bytes_out": 7, "tenant_id": "acme", "node": "node"},
+                {"id": spectator.id, "port": 0, "mode": "read", "peer": "[2001:db8::1]:40001", "since": "2023-11-14T22:13:21Z",
+                 "bytes_in": 0, "bytes_out": 7, "tenant_id": "ops", "node": "node"}])
+
+    @provokes(("GET", SESSIONS, 200), ("GET", SESSIONS, 401), ("GET", SESSIONS, 404))
+    def test_list_server_sessions_refused(self):
+        """No key is 401; another tenant's, unknown and malformed server ids are 404; an expired lease drops a session."""
+        server_id = self._server()
+        self._attach(server_id)
+        self.call("GET", self.SESSIONS, 401, server_id=server_id)
+        self.call("GET", self.SESSIONS, 401, key="spk_nope", server_id=server_id)
+        self.call("GET", self.SESSIONS, 404, key=self.other, server_id=server_id)
+        self.call("GET", self.SESSIONS, 404, key=self.member, server_id=str(uuid.uuid4()))
+        self.call("GET", self.SESSIONS, 404, key=self.member, server_id="not-an-id")
+        self.clock.advance(self.sessions.lease + 1)  # this node never renewed: as if it died
+        self.assertEqual(self.call("GET", self.SESSIONS, 200, key=self.member, server_id=server_id)["serial_sessions"], [])
+
+    @provokes(("GET", "/v3/serial-sessions", 200), ("GET", "/v3/serial-sessions", 401), ("GET", "/v3/serial-sessions", 403))
+    def test_list_all_sessions(self):
+        """An admin sees every tenant's sessions, each with its server; no key is 401, a member key 403."""
+        self.assertEqual(self.call("GET", "/v3/serial-sessions", 200, key=self.admin), {"serial_sessions": []})
+        ours, theirs = self._server("acme", ports=2), self._server("globex")
+        self._attach(ours, "write", index=1)
+        self.clock.advance(1)
+        self._attach(theirs, "read", tenant="globex")
+        listed = self.call("GET", "/v3/serial-sessions", 200, key=self.admin)["serial_sessions"]
+        self.assertEqual([(s["server_id"], s["port"], s["mode"], s["tenant_id"]) for s in listed],
+                         [(ours, 1, "write", "acme"), (theirs, 0, "read", "globex")])
+        self.call("GET", "/v3/serial-sessions", 401)
+        self.call("GET", "/v3/serial-sessions", 403, key=self.member)
+
+    @provokes(("DELETE", KICK, 204), ("GET", SESSIONS, 200))
+    def test_kick_session(self):
+        """The owner kicks the writer: 4010 with who and why, and its lock is free at once; an admin kicks without a reason."""
+        server_id = self._server()
+        writer, client = self._attach(server_id, "write")
+        spectator, watching = self._attach(server_id, "read")
+        self.call("DELETE", self.KICK, 204, key=self.member, body={"reason": "your session hung; reconnect"},
+                  server_id=server_id, session_id=writer.id)
+        self.assertEqual(client.closed, [(CloseCode.KICKED, "kicked by owner of tenant acme: your session hung; reconnect")])
+        self.assertEqual(watching.closed, [])
+        successor, _ = self._attach(server_id, "write")  # no ConsoleBusy: the lock went with the kick, not the close
+        self.call("DELETE", self.KICK, 204, key=self.admin, server_id=server_id, session_id=spectator.id)
+        self.assertEqual(watching.closed, [(CloseCode.KICKED, "kicked by admin of tenant ops: no reason given")])
+        late, arriving = self._attach(server_id, "read")
+        self.call("DELETE", self.KICK, 204, key=self.member, body={"reason": ""}, server_id=server_id, session_id=late.id)
+        self.assertEqual(arriving.closed, [(CloseCode.KICKED, "kicked by owner of tenant acme: no reason given")])
+        for gone in (writer, spectator, late):  # their close handshakes end
+            self.successResultOf(Deferred.fromCoroutine(self.sessions.detach(gone)))
+        listed = self.call("GET", self.SESSIONS, 200, key=self.member, server_id=server_id)["serial_sessions"]
+        self.assertEqual([s["id"] for s in listed], [successor.id])
+
+    @provokes(("DELETE", KICK, 400))
+    def test_kick_session_bad_bodies(self):
+        """A reason that is not up to 200 printable characters, an unknown field or a body that is not a JSON object answers 400."""
+        server_id = self._server()
+        writer, client = self._attach(server_id)
+        for body in ({"reason": 5}, {"reason": None}, {"reason": "x" * 201}, {"reason": "a\x1bb"}, {"why": "x"}):
+            self.refuse("DELETE", self.KICK, 400, self.member, body, server_id=server_id, session_id=writer.id)
+        for raw in (b"{not json", b"[]", b'"hung"'):
+            self.call("DELETE", self.KICK, 400, key=self.member, raw=raw, server_id=server_id, session_id=writer.id)
+        self.assertEqual(client.closed, [])
+
+    @provokes(("DELETE", KICK, 401), ("DELETE", KICK, 404))
+    def test_kick_session_refused(self):
+        """No key is 401; another tenant's server, an unknown server, or no live session of that id on this server is 404."""
+        server_id, sibling = self._server(), self._server()
+        writer, client = self._attach(server_id)
+        self.call("DELETE", self.KICK, 401, server_id=server_id, session_id=writer.id)
+        self.call("DELETE", self.KICK, 404, key=self.other, server_id=server_id, session_id=writer.id)
+        self.call("DELETE", self.KICK, 404, key=self.member, server_id=str(uuid.uuid4()), session_id=writer.id)
+        self.call("DELETE", self.KICK, 404, key=self.member, server_id=sibling, session_id=writer.id)
+        for session_id in (str(uuid.uuid4()), "not-an-id"):
+            self.call("DELETE", self.KICK, 404, key=self.member, server_id=server_id, session_id=session_id)
+        self.assertEqual(client.closed, [])
+        self.clock.advance(self.sessions.lease + 1)
+        self.call("DELETE", self.KICK, 404, key=self.admin, server_id=server_id, session_id=writer.id)
+        self.assertEqual(client.closed, [])
 
     def test_every_documented_status_provoked(self):
         """Each status the spec lists for an operation is provoked by some test here."""

@@ -1,16 +1,16 @@
-"""Sessions and the bridge, in memory: lock, lease, refusal, flow control, clean-up."""
+"""Sessions and consoles in memory: writer lock, spectators, scrollback, kicks, leases, timeouts."""
 
 import itertools
 
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionRefusedError
-from twisted.python.failure import Failure
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from serialproxy.bridge import IConsoleClient, VMUnreachable
-from serialproxy.errors import CloseCode, ConsoleBusy
+from serialproxy.bridge import READ_ONLY_NOTICE, IConsoleClient, VMUnreachable
+from serialproxy.errors import BadRequest, CloseCode, ConsoleBusy, NotFound
 from serialproxy.interfaces import SerialPort, Server
 from serialproxy.sessions import SessionManager
 from serialproxy.testing import MemoryStore
@@ -19,7 +19,7 @@ from serialproxy.tokens import TokenService
 
 @implementer(IConsoleClient)
 class FakeClient:
-    """A client end that records what the bridge does to it."""
+    """A client end that records what the console does to it."""
 
     def __init__(self):
         self.transport = StringTransport()
@@ -32,13 +32,17 @@ class FakeClient:
     def close(self, code, reason):
         self.closed = (code, reason)
 
+    @property
+    def text(self) -> bytes:
+        return b"".join(self.received)
+
 
 def entropy():
     counter = itertools.count(1)
     return lambda n: next(counter).to_bytes(n, "big")
 
 
-class SessionTests(SynchronousTestCase):
+class SessionTestCase(SynchronousTestCase):
     def setUp(self):
         self.reactor = MemoryReactorClock()
         self.reactor.advance(1000)
@@ -47,13 +51,14 @@ class SessionTests(SynchronousTestCase):
         self.successResultOf(self.store.create_server(self.server))
         self.tokens = TokenService(self.store, self.reactor, 600, entropy())
         self.manager = self.make_manager("node-1")
-        self.secret = self.successResultOf(Deferred.fromCoroutine(self.tokens.mint(self.server, self.server.serial_ports[0])))
+        self.secret = self.successResultOf(Deferred.fromCoroutine(self.tokens.mint(self.server, self.server.serial_ports[0], "acme")))
 
-    def make_manager(self, node):
-        return SessionManager(self.store, self.tokens, self.reactor, node, lease=30.0, entropy=entropy())
+    def make_manager(self, node, **options):
+        options.setdefault("scrollback_bytes", 16)
+        return SessionManager(self.store, self.tokens, self.reactor, node, lease=30.0, entropy=entropy(), **options)
 
-    def attach(self, client, manager=None, peer="127.0.0.1:5000"):
-        return Deferred.fromCoroutine((manager or self.manager).attach(client, self.secret, peer))
+    def attach(self, client=None, manager=None, peer="127.0.0.1:5000", mode="write"):
+        return Deferred.fromCoroutine((manager or self.manager).attach(client or FakeClient(), self.secret, peer, mode))
 
     def connect_vm(self, index=-1):
         """Complete the VM connection the manager asked the reactor for."""
@@ -64,90 +69,220 @@ class SessionTests(SynchronousTestCase):
         protocol.makeConnection(transport)
         return protocol, transport
 
-    def attached(self, client=None, peer="127.0.0.1:5000"):
-        client = client or FakeClient()
-        d = self.attach(client, peer=peer)
+    def attached(self, peer="127.0.0.1:5000", mode="write", manager=None):
+        """A session whose console had to connect to the VM: (client, session, vm, vm_transport)."""
+        client = FakeClient()
+        d = self.attach(client, manager, peer, mode)
         vm, vm_transport = self.connect_vm()
         return client, self.successResultOf(d), vm, vm_transport
 
+    def joined(self, peer="127.0.0.1:6000", mode="read"):
+        """A session on a console that is already connected: (client, session)."""
+        client = FakeClient()
+        return client, self.successResultOf(self.attach(client, peer=peer, mode=mode))
+
+    def detach(self, session, manager=None):
+        self.successResultOf(Deferred.fromCoroutine((manager or self.manager).detach(session)))
+
+
+class WriterTests(SessionTestCase):
     def test_attach_bridges_both_ways(self):
-        """Once attached, client bytes reach the VM and VM bytes reach the client."""
+        """Once attached, the writer's bytes reach the VM and the VM's bytes reach the writer."""
         client, session, vm, vm_transport = self.attached()
-        session.bridge.from_client(b"ls\r")
+        self.manager.from_client(session, b"ls\r")
         vm.dataReceived(b"bin etc\r\n")
         self.assertEqual(vm_transport.value(), b"ls\r")
         self.assertEqual(client.received, [b"bin etc\r\n"])
+        self.assertEqual((session.attachment.bytes_in, session.attachment.bytes_out), (3, 9))
 
     def test_flow_control(self):
-        """A full client buffer pauses the VM side and a full VM buffer pauses the client, both ways."""
+        """A full writer buffer pauses the VM side and a full VM buffer pauses the writer, both ways."""
         client, session, vm, vm_transport = self.attached()
-        self.assertTrue(client.transport.streaming)
         self.assertEqual(client.transport.producerState, "producing")
-        client.transport.producer.pauseProducing()  # the client's send buffer is full
+        client.transport.producer.pauseProducing()
         self.assertEqual(vm_transport.producerState, "paused")
         client.transport.producer.resumeProducing()
         self.assertEqual(vm_transport.producerState, "producing")
-        vm_transport.producer.pauseProducing()  # the VM stopped reading
+        vm_transport.producer.pauseProducing()
         self.assertEqual(client.transport.producerState, "paused")
         vm_transport.producer.resumeProducing()
         self.assertEqual(client.transport.producerState, "producing")
 
     def test_lost_side_does_not_drop_the_other(self):
-        """A transport stopping its producer (its own connection lost) leaves the peer for the bridge to close."""
+        """A transport stopping its producer (its own connection lost) leaves the peer for the console to close."""
         client, session, vm, vm_transport = self.attached()
         client.transport.producer.stopProducing()
         self.assertNotEqual(vm_transport.producerState, "stopped")
 
     def test_second_writer_refused(self):
-        """A second attach to a held console fails with ConsoleBusy naming the holder and since when."""
+        """A second writer fails with ConsoleBusy naming the holder and since when."""
         self.attached(peer="10.1.2.3:4444")
-        failure = self.failureResultOf(self.attach(FakeClient(), peer="127.0.0.1:6000"), ConsoleBusy)
+        failure = self.failureResultOf(self.attach(peer="127.0.0.1:6000"), ConsoleBusy)
         self.assertIn("10.1.2.3:4444", str(failure.value))
         self.assertIn("since 1970-01-01T00:16:40Z", str(failure.value))
         self.assertEqual(failure.value.close_code, CloseCode.CONSOLE_BUSY)
 
-    def test_detach_releases_lock(self):
-        """After the writer detaches, the VM side is closed and another writer gets in."""
+    def test_unknown_mode(self):
+        """A mode other than write or read is refused."""
+        self.failureResultOf(self.attach(mode="admin"), BadRequest)
+
+    def test_detach_releases_lock_and_vm(self):
+        """After the last session leaves, the VM side is closed and the lock is free."""
         client, session, vm, vm_transport = self.attached()
-        self.successResultOf(Deferred.fromCoroutine(self.manager.detach(session)))
+        self.detach(session)
         self.assertTrue(vm_transport.disconnecting)
         self.assertEqual(self.store.locks, {})
+        self.assertEqual(self.store.sessions, {})
         self.attached()
 
-    def test_vm_closing_closes_client(self):
-        """When the VM side closes, the client is closed with VM_CLOSED."""
+    def test_vm_closing_closes_everyone(self):
+        """When the VM side closes, every session is closed with VM_CLOSED."""
         client, session, vm, vm_transport = self.attached()
-        vm.connectionLost(ConnectionRefusedError())
+        spectator, _ = self.joined()
+        vm.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(client.closed[0], CloseCode.VM_CLOSED)
+        self.assertEqual(spectator.closed[0], CloseCode.VM_CLOSED)
 
     def test_unreachable_vm_releases_lock(self):
-        """A VM port that refuses the connection fails with VMUnreachable and frees the lock."""
-        d = self.attach(FakeClient())
-        host, port, factory, timeout, bind = self.reactor.tcpClients[-1]
-        factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
-        failure = self.failureResultOf(d, VMUnreachable)
-        self.assertIn("127.0.0.1:7000", str(failure.value))
-        self.assertEqual(self.store.locks, {})
+        """A VM port that refuses fails with VMUnreachable and leaves no lock or session row."""
+        d = self.attach()
+        self.reactor.tcpClients[-1][2].clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+        self.assertIn("127.0.0.1:7000", str(self.failureResultOf(d, VMUnreachable).value))
+        self.assertEqual((self.store.locks, self.store.sessions), ({}, {}))
 
+    def test_close_server(self):
+        """Closing a server's sessions tells each client why."""
+        client, session, vm, vm_transport = self.attached()
+        self.assertEqual(self.manager.close_server("s1", CloseCode.SERVER_GONE, "deleted"), 1)
+        self.assertEqual(client.closed, (CloseCode.SERVER_GONE, "deleted"))
+
+
+class SpectatorTests(SessionTestCase):
+    def test_spectators_see_output_and_cannot_type(self):
+        """Spectators get the VM's output live; their input is dropped, and they are told once."""
+        writer, session, vm, vm_transport = self.attached()
+        watchers = [self.joined(peer=f"127.0.0.1:{6000 + i}") for i in range(3)]
+        self.assertEqual(len(self.reactor.tcpClients), 1)  # one VM connection for all
+        vm.dataReceived(b"login: ")
+        for client, _ in watchers:
+            self.assertEqual(client.text, b"login: ")
+        self.manager.from_client(watchers[0][1], b"rm -rf /\r")
+        self.manager.from_client(watchers[0][1], b"again\r")
+        self.assertEqual(vm_transport.value(), b"")
+        self.assertEqual(watchers[0][0].text.count(READ_ONLY_NOTICE), 1)
+        self.assertEqual(self.store.locks[("s1", 0)].session_id, session.id)
+
+    def test_spectator_alone(self):
+        """A spectator may watch a console nobody writes to; then a writer can still attach."""
+        spectator, session, vm, vm_transport = self.attached(mode="read")
+        self.assertEqual(self.store.locks, {})
+        writer, session = self.joined(mode="write")
+        self.manager.from_client(session, b"x")
+        self.assertEqual(vm_transport.value(), b"x")
+
+    def test_slow_spectator_is_closed_alone(self):
+        """A spectator that falls behind by more than its allowance is closed; the writer and others go on."""
+        writer, session, vm, vm_transport = self.attached()
+        manager = self.manager
+        manager.lag_bytes = 100
+        slow, slow_session = self.joined(peer="127.0.0.1:6001")
+        fast, _ = self.joined(peer="127.0.0.1:6002")
+        slow.transport.producer.pauseProducing()  # its send buffer is full
+        vm.dataReceived(b"x" * 60)
+        self.assertIsNone(slow.closed)
+        vm.dataReceived(b"y" * 60)
+        self.assertEqual(slow.closed[0], CloseCode.TOO_SLOW)
+        self.assertEqual(vm_transport.producerState, "producing")
+        self.assertEqual(fast.text, b"x" * 60 + b"y" * 60)
+        self.assertIsNone(writer.closed)
+
+    def test_spectator_catching_up_is_kept(self):
+        """A spectator whose buffer drains again starts over with its full allowance."""
+        writer, session, vm, vm_transport = self.attached()
+        self.manager.lag_bytes = 100
+        slow, _ = self.joined()
+        slow.transport.producer.pauseProducing()
+        vm.dataReceived(b"x" * 90)
+        slow.transport.producer.resumeProducing()
+        slow.transport.producer.pauseProducing()
+        vm.dataReceived(b"y" * 90)
+        self.assertIsNone(slow.closed)
+
+
+class ScrollbackTests(SessionTestCase):
+    def test_newcomer_gets_recent_output(self):
+        """A session attaching later first gets the console's last scrollback_bytes of output."""
+        writer, session, vm, vm_transport = self.attached()
+        vm.dataReceived(b"0123456789")
+        vm.dataReceived(b"abcdefghij")
+        late, _ = self.joined()
+        self.assertEqual(late.received[0], b"456789abcdefghij")  # 16 bytes kept
+        vm.dataReceived(b"!")
+        self.assertEqual(late.text, b"456789abcdefghij!")
+
+    def test_forgotten_when_nobody_is_attached(self):
+        """The scrollback lives only while someone is attached."""
+        writer, session, vm, vm_transport = self.attached()
+        vm.dataReceived(b"secret")
+        self.detach(session)
+        client, session, vm, vm_transport = self.attached()
+        self.assertEqual(client.received, [])
+
+
+class KickTests(SessionTestCase):
+    def test_kick_local(self):
+        """A kick closes the session with 4010 and the kicker's reason, and frees the lock at once."""
+        writer, session, vm, vm_transport = self.attached()
+        self.successResultOf(Deferred.fromCoroutine(self.manager.kick("s1", session.id, "hung session", "ops-key")))
+        self.assertEqual(writer.closed[0], CloseCode.KICKED)
+        self.assertIn("hung session", writer.closed[1])
+        self.assertIn("ops-key", writer.closed[1])
+        self.assertEqual(self.store.locks, {})
+        self.joined(mode="write")
+
+    def test_kick_from_another_node(self):
+        """A kick on another node frees the lock at once; the holding node closes the session on its next renewal."""
+        writer, session, vm, vm_transport = self.attached()
+        other = self.make_manager("node-2")
+        self.successResultOf(Deferred.fromCoroutine(other.kick("s1", session.id, "stuck", "admin")))
+        self.assertIsNone(writer.closed)
+        self.assertEqual(self.store.locks, {})
+        self.successResultOf(Deferred.fromCoroutine(self.manager.renew()))
+        self.assertEqual(writer.closed, (CloseCode.KICKED, "kicked by admin: stuck"))
+
+    def test_kick_unknown(self):
+        """Kicking a session that is not there (or of another server) is NotFound."""
+        writer, session, vm, vm_transport = self.attached()
+        self.failureResultOf(Deferred.fromCoroutine(self.manager.kick("s1", "nope", "", "me")), NotFound)
+        self.failureResultOf(Deferred.fromCoroutine(self.manager.kick("s2", session.id, "", "me")), NotFound)
+
+    def test_list(self):
+        """Listing shows every node's live sessions with mode, peer and byte counts."""
+        writer, session, vm, vm_transport = self.attached(peer="10.0.0.1:1")
+        self.joined(peer="10.0.0.2:2")
+        vm.dataReceived(b"hello")
+        records = self.successResultOf(Deferred.fromCoroutine(self.manager.list("s1")))
+        self.assertEqual([(r.mode, r.peer, r.bytes_out) for r in records], [("write", "10.0.0.1:1", 5), ("read", "10.0.0.2:2", 5)])
+        self.assertEqual(self.successResultOf(Deferred.fromCoroutine(self.manager.list("other"))), [])
+
+
+class LeaseTests(SessionTestCase):
     def test_lease_renewed_while_alive(self):
-        """The lease service keeps this node's lock alive past the lease length."""
+        """The lease service keeps this node's lock (and session rows) alive past the lease length."""
         service = self.manager.service()
         service.startService()
         self.addCleanup(service.stopService)
         self.attached()
         for _ in range(10):
             self.reactor.advance(10)
-        other = self.make_manager("node-2")
-        self.failureResultOf(self.attach(FakeClient(), manager=other), ConsoleBusy)
+        self.failureResultOf(self.attach(manager=self.make_manager("node-2")), ConsoleBusy)
+        self.assertEqual(len(self.successResultOf(Deferred.fromCoroutine(self.manager.list()))), 1)
 
     def test_dead_node_lock_expires(self):
         """A lock whose node stopped renewing is taken over after the lease."""
         self.attached()
         self.reactor.advance(31)
-        other = self.make_manager("node-2")
-        d = self.attach(FakeClient(), manager=other)
-        self.connect_vm()
-        self.successResultOf(d)
+        self.attached(manager=self.make_manager("node-2"))
 
     def test_stop_closes_sessions(self):
         """Stopping the lease service closes every session (going away) and releases the locks."""
@@ -156,10 +291,80 @@ class SessionTests(SynchronousTestCase):
         client, session, vm, vm_transport = self.attached()
         self.successResultOf(service.stopService())
         self.assertEqual(client.closed[0], CloseCode.GOING_AWAY)
-        self.assertEqual(self.store.locks, {})
+        self.assertEqual((self.store.locks, self.store.sessions), ({}, {}))
 
-    def test_close_server(self):
-        """Closing a server's sessions tells each client why."""
-        client, session, vm, vm_transport = self.attached()
-        self.assertEqual(self.manager.close_server("s1", CloseCode.SERVER_GONE, "deleted"), 1)
-        self.assertEqual(client.closed, (CloseCode.SERVER_GONE, "deleted"))
+
+class TimeoutTests(SessionTestCase):
+    def test_idle_writer_warned_then_closed(self):
+        """An idle writer gets a warning in its terminal, then is closed with 4008; typing resets it."""
+        self.manager = self.make_manager("node-1", idle_timeout=120)
+        writer, session, vm, vm_transport = self.attached()
+        self.reactor.advance(80)
+        self.manager.from_client(session, b"x")
+        self.reactor.advance(80)
+        self.assertEqual(writer.received, [])
+        self.reactor.advance(10)
+        self.assertIn(b"closes in 30 s", writer.text)
+        self.assertIsNone(writer.closed)
+        self.reactor.advance(30)
+        self.assertEqual(writer.closed[0], CloseCode.IDLE_TIMEOUT)
+
+    def test_idle_timeout_spares_spectators(self):
+        """Spectators are not closed for idling."""
+        self.manager = self.make_manager("node-1", idle_timeout=60)
+        spectator, session, vm, vm_transport = self.attached(mode="read")
+        self.reactor.advance(600)
+        self.assertIsNone(spectator.closed)
+
+    def test_token_expiry_keeps_live_sessions(self):
+        """By default a session outlives its token."""
+        writer, session, vm, vm_transport = self.attached()
+        self.reactor.advance(700)
+        self.assertIsNone(writer.closed)
+
+    def test_token_expiry_closes_when_configured(self):
+        """With close_on_token_expiry, a session closes with 4002 when its token expires."""
+        self.manager = self.make_manager("node-1", close_on_token_expiry=True)
+        writer, session, vm, vm_transport = self.attached()
+        self.reactor.advance(599)
+        self.assertIsNone(writer.closed)
+        self.reactor.advance(1)
+        self.assertEqual(writer.closed[0], CloseCode.TOKEN_EXPIRED)
+
+    def test_timers_cancelled_on_detach(self):
+        """Detaching cancels the session's timers."""
+        self.manager = self.make_manager("node-1", idle_timeout=60, close_on_token_expiry=True)
+        writer, session, vm, vm_transport = self.attached()
+        self.detach(session)
+        self.assertEqual([c for c in self.reactor.getDelayedCalls() if c.active()], [])
+
+
+class RecordingTests(SessionTestCase):
+    def test_sessions_are_recorded(self):
+        """With a recorder, a writer's output (scrollback included) and input land in its asciicast file."""
+        import json
+        import os
+
+        from serialproxy.recording import Recorder
+        from serialproxy.testing import InlineReactor, InlineThreadPool
+
+        directory = os.path.abspath(self.mktemp())
+        recorder = Recorder(directory, 1 << 20, 10, self.reactor, InlineThreadPool(), InlineReactor())
+        recorder.startService()
+        self.manager = self.make_manager("node-1", recorder=recorder)
+        first, first_session, vm, vm_transport = self.attached(mode="read")
+        vm.dataReceived("boot ok \N{SNOWMAN}\r\n".encode())
+        writer, session = self.joined(mode="write")
+        self.manager.from_client(session, b"uptime\r")
+        vm.dataReceived(b"up 3 min\r\n")
+        self.detach(session)
+        self.detach(first_session)
+        self.successResultOf(recorder.stopService())
+        files = sorted(f for f in os.listdir(directory) if session.id in f)
+        self.assertEqual(len(files), 1)
+        with open(os.path.join(directory, files[0]), encoding="utf-8") as f:
+            lines = [json.loads(line) for line in f]
+        self.assertEqual(lines[0]["version"], 2)
+        output = "".join(e[2] for e in lines[1:] if e[1] == "o")
+        self.assertEqual(output.encode(), writer.text)
+        self.assertEqual("".join(e[2] for e in lines[1:] if e[1] == "i"), "uptime\r")
