@@ -24,6 +24,7 @@ from .errors import (
     Forbidden,
     NotFound,
     SerialProxyError,
+    TokenInvalid,
     Unauthorized,
 )
 from .interfaces import ApiKey, Hypervisor, Image, IStore, SerialPort, Server
@@ -288,6 +289,18 @@ class API:
         await self._sessions.kick(server.id, session_id, reason, actor)
         request.setResponseCode(204)
         return b""
+
+    @app.route("/v3/console-info", methods=["GET"])
+    async def console_info(self, request):
+        """What a console URL's token opens: for the console page's title bar. The token is the credential."""
+        raw = (request.args.get(b"token") or [b""])[0]
+        token = await self._tokens.check(raw.decode("ascii", "replace"))
+        server = await self._store.get_server(token.server_id)
+        if server is None:  # deleted since: its tokens went with it, but a race can see this
+            raise TokenInvalid("the server of this console is gone")
+        return _json(request, 200, {"console": {
+            "server_id": server.id, "server_name": server.name, "port": token.port_index,
+            "expires": _iso(token.expires), "modes": ["write", "read"]}})
 
     # consoles
 

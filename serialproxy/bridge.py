@@ -113,7 +113,9 @@ class _Lag:
         self._attachment = attachment
 
     def pauseProducing(self):
-        self._attachment.behind = 0
+        # Twisted calls this on every write while the buffer stays full: count from the first.
+        if self._attachment.behind is None:
+            self._attachment.behind = 0
 
     def resumeProducing(self):
         self._attachment.behind = None

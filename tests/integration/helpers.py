@@ -404,6 +404,9 @@ class _ClientProtocol(WebSocketClientProtocol):
     def onMessage(self, payload, isBinary):
         self.factory.console._message(payload, isBinary)
 
+    def onPong(self, payload):
+        self.factory.console.pongs.append(payload)
+
     def onClose(self, wasClean, code, reason):
         self.factory.console._on_close(wasClean, code, reason)
 
@@ -436,6 +439,8 @@ class ConsoleClient:
         self.reason = None
         self.is_open = False
         self.is_lost = False
+        self.pongs = []
+        self._pings = 0
 
     async def connect(self, case) -> "ConsoleClient":
         factory = WebSocketClientFactory(self.url, origin=self.origin, protocols=self.protocols)
@@ -486,6 +491,14 @@ class ConsoleClient:
         await wait_until(lambda: self.count >= count or self.is_lost,
                          lambda: f"{count} bytes from the console (got {self.count})", timeout)
         assert self.count >= count, f"the console closed ({self.code}, {self.reason!r}) after {self.count} of {count} bytes"
+
+    async def barrier(self):
+        """Ping the proxy and wait for its pong: every frame sent before has been handled."""
+        self._pings += 1
+        payload = b"barrier-%d" % self._pings
+        self.protocol.sendPing(payload)
+        await wait_until(lambda: payload in self.pongs or self.is_lost, "the pong of a barrier ping")
+        assert payload in self.pongs, f"the console closed ({self.code}, {self.reason!r}) before answering a ping"
 
     async def echo(self, data: bytes):
         """Send ``data`` and wait until as many more bytes came back; they must be ``data``."""

@@ -387,12 +387,15 @@ class SpecStructureTests(SynchronousTestCase):
                     self.assertEqual(content["schema"], {"$ref": "#/components/schemas/Error"}, (method, path, status))
 
     def test_security_is_the_api_key_header(self):
-        """Every operation is guarded by the ``X-Auth-Token`` apiKey scheme."""
+        """Every operation but console-info (whose console token is the credential) needs the X-Auth-Token key."""
         scheme = self.spec["components"]["securitySchemes"]["ApiKey"]
         self.assertEqual((scheme["type"], scheme["in"], scheme["name"]), ("apiKey", "header", "X-Auth-Token"))
         self.assertEqual(self.spec["security"], [{"ApiKey": []}])
         for path, method, operation in operations(self.spec):
-            self.assertNotIn("security", operation, (method, path))
+            if path == "/v3/console-info":
+                self.assertEqual(operation["security"], [])
+            else:
+                self.assertNotIn("security", operation, (method, path))
             self.assertIn(401, {int(s) for s in operation["responses"]}, (method, path))
 
     def test_examples_validate(self):
@@ -506,7 +509,7 @@ class APIConformanceTests(SynchronousTestCase):
         return self.successResultOf(d), client
 
     def call(self, method: str, template: str, status: int, key=None, body=None, raw=None,
-             stub=None, **params):
+             stub=None, query=None, **params):
         """Send one request; check its status is the expected one and documented; the parsed body."""
         stub = stub or self.stub
         kwargs = {"headers": {"X-Auth-Token": key}} if key is not None else {}
@@ -514,7 +517,8 @@ class APIConformanceTests(SynchronousTestCase):
             kwargs["json"] = body
         elif raw is not None:
             kwargs["data"] = raw
-        d = stub.request(method, _BASE + template.format(**params), **kwargs)
+        url = _BASE + template.format(**params) + (f"?{query}" if query else "")
+        d = stub.request(method, url, **kwargs)
         stub.flush()
         response = self.successResultOf(d)
         d = stub.content(response)
@@ -687,6 +691,21 @@ class APIConformanceTests(SynchronousTestCase):
         """A server that is not active answers 409."""
         server_id = self._server(status="shutoff")
         self.call("POST", self.V2, 409, key=self.member, tenant_id="acme", server_id=server_id)
+
+    # GET /v3/console-info
+
+    @provokes(("GET", "/v3/console-info", 200), ("GET", "/v3/console-info", 401))
+    def test_console_info(self):
+        """A console token tells its server's name and port, with no API key; a bad or expired token is 401."""
+        server_id = self._server(ports=2)
+        server = self.successResultOf(self.store.get_server(server_id))
+        secret = self.successResultOf(Deferred.fromCoroutine(self.tokens.mint(server, server.serial_ports[1], "acme")))
+        info = self.call("GET", "/v3/console-info", 200, query=f"token={secret}")["console"]
+        self.assertEqual((info["server_id"], info["server_name"], info["port"]), (server_id, server.name, 1))
+        self.call("GET", "/v3/console-info", 401, query="token=nope")
+        self.call("GET", "/v3/console-info", 401)
+        self.clock.advance(601)
+        self.call("GET", "/v3/console-info", 401, query=f"token={secret}")
 
     # POST /v3/servers/{server_id}/get-serial-console
 
