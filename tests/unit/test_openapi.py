@@ -938,7 +938,7 @@ class APIConformanceTests(SynchronousTestCase):
         for field, value in [("libvirt_uri", "http://hv1/"), ("port_range", "20000"), ("port_range", 20000),
                              ("virt_type", "xen"), ("name", ""), ("zone", "a")]:
             message = self.refuse("POST", "/v3/hypervisors", 400, self.admin, {"hypervisor": {**good, field: value}})
-            self.assertIn(f"hypervisor", message)
+            self.assertIn("hypervisor", message)
             self.assertIn(field, message)
         for field, value in [("port_range", "20099:20000"), ("port_range", "0:10"), ("proxyclient_address", "not an address")]:
             message = self.call("POST", "/v3/hypervisors", 400, key=self.admin, body={"hypervisor": {**good, field: value}})
