@@ -236,6 +236,9 @@ class IStore(Interface):
         """Extend the leases of ``node``'s sessions, store their byte counts
         (``{id: (bytes_in, bytes_out)}``); the node's sessions that were kicked."""
 
+    def purge_sessions(now: float):
+        """Delete sessions and writer locks whose lease ran out (their node died); how many sessions."""
+
     def kick_session(server_id: str, session_id: str, reason: str, actor: str, now: float):
         """Mark a live session kicked and free its writer lock at once; its record, or None."""
 

@@ -256,6 +256,13 @@ class SessionManager:
             self._close_kicked(record)
         return len(counters)
 
+    async def purge(self) -> int:
+        """Forget sessions and locks of nodes that died (their leases ran out); run with the token purge."""
+        count = await self._store.purge_sessions(self._reactor.seconds())
+        if count:
+            self._log.info("forgot {count} console sessions whose node stopped renewing them", count=count)
+        return count
+
     async def close_all(self, reason: str = "the console proxy is shutting down") -> None:
         """Close every session and release its lock (at shutdown)."""
         sessions = list(self._sessions.values())

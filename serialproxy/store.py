@@ -275,6 +275,11 @@ def _renew_sessions_txn(cursor, node, expires, counters):
     return [SessionRecord(*row) for row in rows]
 
 
+def _purge_sessions_txn(cursor, now):
+    cursor.execute("DELETE FROM console_locks WHERE expires < ?", (now,))
+    return cursor.execute("DELETE FROM console_sessions WHERE expires < ?", (now,)).rowcount
+
+
 def _kick_session_txn(cursor, server_id, session_id, reason, actor, now):
     kicked = cursor.execute("UPDATE console_sessions SET kick_reason = ?, kicked_by = ? "
                             "WHERE id = ? AND server_id = ? AND expires >= ? AND kick_reason IS NULL",
@@ -423,6 +428,9 @@ class SQLStore:
 
     def renew_sessions(self, node, expires, counters):
         return self._db.run(_renew_sessions_txn, node, expires, counters)
+
+    def purge_sessions(self, now):
+        return self._db.run(_purge_sessions_txn, now)
 
     def kick_session(self, server_id, session_id, reason, actor, now):
         return self._db.run(_kick_session_txn, server_id, session_id, reason, actor, now)

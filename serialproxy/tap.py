@@ -112,6 +112,16 @@ async def _maybe(result):
         await result
 
 
+def _purge(tokens: TokenService, sessions: SessionManager) -> Deferred:
+    """Expired tokens, and the sessions and locks of dead nodes, go."""
+    async def purge():
+        await tokens.purge()
+        await sessions.purge()
+    d = Deferred.fromCoroutine(purge())
+    d.addErrback(lambda f: _log.failure("purging expired state failed", f))
+    return d
+
+
 class _ReconcileService(service.Service):
     """At start, makes the database agree with every hypervisor's domains."""
 
@@ -159,9 +169,7 @@ def build_service(config: Config, reactor, entropy=os.urandom, database: Databas
     _DatabaseService(database).setServiceParent(top)
     store = SQLStore(database)
     tokens = TokenService(store, reactor, config.token_ttl, entropy)
-    purge = TimerService(TOKEN_PURGE_INTERVAL, lambda: Deferred.fromCoroutine(tokens.purge()))
-    purge.clock = reactor
-    purge.setServiceParent(top)
+
     node = f"{socket.gethostname()}/{os.getpid()}/{new_id(entropy)[:8]}"
     recorder = None
     if config.record:
@@ -171,6 +179,9 @@ def build_service(config: Config, reactor, entropy=os.urandom, database: Databas
                               lag_bytes=config.spectator_lag_bytes, idle_timeout=config.idle_timeout,
                               close_on_token_expiry=config.close_on_token_expiry, recorder=recorder)
     sessions.service().setServiceParent(top)
+    purge = TimerService(TOKEN_PURGE_INTERVAL, _purge, tokens, sessions)
+    purge.clock = reactor
+    purge.setServiceParent(top)
     driver = LibvirtDriver(reactor)
     driver.setServiceParent(top)
     servers = Servers(store, driver, PortAllocator(store, PortProbe(reactor)), reactor, entropy)

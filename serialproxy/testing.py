@@ -210,6 +210,13 @@ class MemoryStore:
         self.renew_locks(node, expires)
         return succeed([r for r in self.sessions.values() if r.node == node and r.kick_reason is not None])
 
+    def purge_sessions(self, now):
+        self.locks = {c: lock for c, lock in self.locks.items() if lock.expires >= now}
+        dead = [i for i, r in self.sessions.items() if r.expires < now]
+        for session_id in dead:
+            del self.sessions[session_id]
+        return succeed(len(dead))
+
     def kick_session(self, server_id, session_id, reason, actor, now):
         record = self.sessions.get(session_id)
         if record is None or record.server_id != server_id or record.expires < now or record.kick_reason is not None:

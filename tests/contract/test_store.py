@@ -223,6 +223,18 @@ class StoreContract:
         self.get(self.store.remove_session("a"))
         self.assertEqual([r.id for r in self.get(self.store.list_sessions(0.0))], ["b"])
 
+    def test_purge_sessions(self):
+        """Sessions and locks whose lease ran out are purged; live ones stay."""
+        self.get(self.store.create_server(_server(ports=(("127.0.0.1", 7000), ("127.0.0.1", 7001)))))
+        self.session("dead", expires=10.0)
+        self.session("live", expires=100.0)
+        self.get(self.store.acquire_lock(_lock("dead", expires=10.0), 0.0))
+        self.get(self.store.acquire_lock(_lock("live", index=1, expires=100.0), 0.0))
+        self.assertEqual(self.get(self.store.purge_sessions(50.0)), 1)
+        self.assertEqual([r.id for r in self.get(self.store.list_sessions(0.0))], ["live"])
+        self.assertIsNone(self.get(self.store.acquire_lock(_lock("new", expires=200.0), 50.0)))
+        self.assertIsNotNone(self.get(self.store.acquire_lock(_lock("other", index=1, expires=200.0), 50.0)))
+
     def test_kick(self):
         """A kick marks the session (once), frees its writer lock, and its node learns of it on renewal."""
         self.get(self.store.create_server(_server()))
