@@ -172,6 +172,27 @@ class SpectatorTests(SessionTestCase):
         self.assertEqual(watchers[0][0].text.count(READ_ONLY_NOTICE), 1)
         self.assertEqual(self.store.locks[("s1", 0)].session_id, session.id)
 
+    def test_attaches_while_connecting_share_one_connection(self):
+        """Sessions that attach while the VM connection is still being made wait for it; one connection."""
+        first, second = FakeClient(), FakeClient()
+        d1 = self.attach(first, mode="read", peer="127.0.0.1:1")
+        d2 = self.attach(second, mode="write", peer="127.0.0.1:2")
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+        vm, vm_transport = self.connect_vm()
+        one, two = self.successResultOf(d1), self.successResultOf(d2)
+        self.assertIs(one.console, two.console)
+        vm.dataReceived(b"hi")
+        self.assertEqual((first.text, second.text), (b"hi", b"hi"))
+
+    def test_failed_connection_fails_every_waiter(self):
+        """When the VM cannot be reached, every session waiting for the connection is refused and freed."""
+        d1 = self.attach(mode="read", peer="127.0.0.1:1")
+        d2 = self.attach(mode="write", peer="127.0.0.1:2")
+        self.reactor.tcpClients[-1][2].clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+        self.failureResultOf(d1, VMUnreachable)
+        self.failureResultOf(d2, VMUnreachable)
+        self.assertEqual((self.store.locks, self.store.sessions), ({}, {}))
+
     def test_spectator_alone(self):
         """A spectator may watch a console nobody writes to; then a writer can still attach."""
         spectator, session, vm, vm_transport = self.attached(mode="read")
