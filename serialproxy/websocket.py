@@ -100,7 +100,8 @@ class ConsoleProtocol(WebSocketServerProtocol):
                 raise _Refusal(CloseCode.BAD_REQUEST, "missing ?token= in the console URL: ask the API for a console URL")
             session = await self.factory.sessions.attach(self, self._secret, peer, self._mode)
         except (SerialProxyError, _Refusal) as e:
-            self._log.info("refused console for {peer}: {reason}", peer=peer, reason=str(e))
+            self._log.info("{event}: {peer} ({code}): {reason}", event="refuse", peer=peer,
+                           code=int(e.close_code), reason=str(e))
             self.close(e.close_code, str(e))
             return
         except Exception:
