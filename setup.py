@@ -23,10 +23,13 @@ setup(
         "libvirt-python>=9.0",
     ],
     extras_require={
-        "test": ["hypothesis>=6.100", "pytest>=8", "websockets>=12", "PyYAML>=6"],
+        "test": ["hypothesis>=6.100", "pytest>=8", "websockets>=12", "PyYAML>=6", "pexpect>=4.8"],
         "client": ["websockets>=12"],
     },
     entry_points={
-        "console_scripts": ["serialproxy-manage = serialproxy.manage:main"],
+        "console_scripts": [
+            "serialproxy-manage = serialproxy.manage:main",
+            "serialproxy-client = serialproxy.client:main",
+        ],
     },
 )

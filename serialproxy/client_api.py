@@ -92,7 +92,8 @@ def _error_message(status: int, body: bytes) -> str:
         message = json.loads(body)["error"]["message"]
     except (ValueError, KeyError, TypeError):
         text = body.decode("utf-8", "replace").strip().splitlines()
-        message = f"unexpected answer: {text[0][:100]!r}" if text else "no error message"
+        message = ("an answer unlike serialproxy's API" + (f": {text[0][:100]!r}" if text else ", with no body")
+                   + "; is the URL right?")
     phrase = http.RESPONSES.get(status, b"").decode("ascii")
     hint = "; check $SERIALPROXY_TOKEN or --token" if status == 401 else ""
     return f"{message} (HTTP {' '.join(filter(None, (str(status), phrase)))}){hint}"

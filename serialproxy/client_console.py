@@ -10,7 +10,7 @@ output pauses the socket.
 """
 
 import sys
-from typing import Callable, ClassVar, Optional
+from typing import Callable, Optional
 from urllib.parse import urlsplit
 
 from attrs import define, field
@@ -21,7 +21,6 @@ from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import optionsForClientTLS
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -99,7 +98,10 @@ class ConsoleSession:
             # After raw mode: once it shows, what is typed goes to the console.
             sys.stderr.write(self._banner + "\r\n")
             sys.stderr.flush()
-        self._stdio = self._stdio_factory(_Stdio(self), reactor=self._reactor)
+        try:
+            self._stdio = self._stdio_factory(_Stdio(self), reactor=self._reactor)
+        except OSError as e:  # e.g. started with standard input closed
+            raise ClientError(f"cannot use standard input and output: {e}") from None
         self._stdio.registerProducer(ws.transport, True)
         ws.transport.registerProducer(self._stdio, True)
 
@@ -116,8 +118,8 @@ class ConsoleSession:
         if self._stdio is None or self._stdio.disconnected:
             self._finish()
             return
-        self._stdio.loseConnection()
         self._flush_call = self._reactor.callLater(FLUSH_TIMEOUT, self._finish)
+        self._stdio.loseConnection()  # its connectionLost, once the output is written, finishes
 
     def _outcome_of(self, code: Optional[int], reason: Optional[str]) -> Outcome:
         if self._we_closed:
@@ -143,7 +145,7 @@ class ConsoleSession:
             data, leave = self._escape.feed(data)
         else:
             data, leave = self._newline.feed(data), False
-        if data and not self._read_only and self._ws is not None:
+        if data and not self._read_only and self._ws.state == self._ws.STATE_OPEN:
             self._ws.sendMessage(data, isBinary=True)
         if leave:
             self.leave()
@@ -204,9 +206,7 @@ def _guarded(session: ConsoleSession, function, *args) -> None:
 
 
 class _ConsoleProtocol(WebSocketClientProtocol):
-    """The websocket end of a console session: thin, every callback guarded."""
-
-    _log: ClassVar[Logger] = Logger()
+    """The websocket end of a console session: thin, every callback guarded (a failure ends the session)."""
 
     def onOpen(self):
         _guarded(self.factory.session, self.factory.session.opened, self)
@@ -215,7 +215,9 @@ class _ConsoleProtocol(WebSocketClientProtocol):
         _guarded(self.factory.session, self.factory.session.from_console, payload)
 
     def onClose(self, wasClean, code, reason):
-        if not wasClean:
+        if self.remoteCloseCode is not None:  # the proxy said why, even if it then dropped the connection early
+            code, reason = self.remoteCloseCode, self.remoteCloseReason
+        elif not wasClean:
             code, reason = 1006, f"connection lost: {self.wasNotCleanReason or 'dropped'}"
         _guarded(self.factory.session, self.factory.session.closed, code, reason)
 

@@ -92,13 +92,6 @@ class NewlineTranslator:
         return bytes(out)
 
 
-def _dup(fd: int) -> Optional[int]:
-    try:
-        return os.dup(fd)
-    except OSError:
-        return None
-
-
 @define
 class StdioState:
     """Standard input and output as they were before the console: put back once, whatever happens.
@@ -116,10 +109,16 @@ class StdioState:
     @classmethod
     def save(cls, fds=(0, 1)) -> "StdioState":
         """Remember the flags of ``fds`` and, when the first is a terminal, its settings."""
-        dups = [d for d in (_dup(fd) for fd in fds) if d is not None]
+        dups = []
+        try:
+            for fd in fds:
+                dups.append(os.dup(fd))
+        except OSError:
+            for dup in dups:
+                os.close(dup)
+            raise OSError(f"file descriptor {fd} is closed: give the console an input and an output") from None
         flags = [fcntl.fcntl(d, fcntl.F_GETFL) for d in dups]
-        settings = termios.tcgetattr(dups[0]) if dups and os.isatty(dups[0]) else None
-        return cls(dups, flags, settings)
+        return cls(dups, flags, termios.tcgetattr(dups[0]) if os.isatty(dups[0]) else None)
 
     @property
     def is_terminal(self) -> bool:
