@@ -23,7 +23,7 @@ setup(
         "libvirt-python>=9.0",
     ],
     extras_require={
-        "test": ["hypothesis>=6.100", "pytest>=8", "websockets>=12", "PyYAML>=6", "pexpect>=4.8"],
+        "test": ["hypothesis>=6.100", "pytest>=8", "websockets>=12", "PyYAML>=6", "pexpect>=4.8", "playwright>=1.40"],
         "client": ["websockets>=12"],
     },
     entry_points={

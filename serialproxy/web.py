@@ -13,11 +13,23 @@ from twisted.web import resource, server, static
 
 from .api import MAX_BODY
 
-__all__ = ["Root", "make_site", "BoundedRequest"]
+__all__ = ["Root", "make_site", "BoundedRequest", "CONTENT_SECURITY_POLICY"]
 
 # An idle HTTP connection is dropped after this many seconds. A websocket is
 # no longer HTTP once upgraded: its liveness is checked by websocket pings.
 HTTP_TIMEOUT = 60
+
+# The console page and its files: scripts and styles of our own origin only
+# (xterm.js writes inline styles), the websocket and console-info on this
+# origin, no framing. The page's URL carries the token: no Referer, no cache.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; connect-src 'self'; "
+    "img-src 'self' data:; font-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+_PAGE_HEADERS = {
+    b"content-security-policy": CONTENT_SECURITY_POLICY.encode("ascii"),
+    b"x-content-type-options": b"nosniff",
+    b"referrer-policy": b"no-referrer",
+}
 
 
 def _is_websocket(request) -> bool:
@@ -40,8 +52,13 @@ class Root(resource.Resource):
             # The API's routes are whole paths: give it back the segment we took.
             request.postpath.insert(0, request.prepath.pop())
             return self._api
+        if name == b"" and _is_websocket(request):
+            return self._websocket
+        for header, value in _PAGE_HEADERS.items():
+            request.setHeader(header, value)
         if name == b"":
-            return self._websocket if _is_websocket(request) else self._page
+            request.setHeader(b"cache-control", b"no-store")
+            return self._page
         return self._static.getChild(name, request)
 
 

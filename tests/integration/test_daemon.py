@@ -92,4 +92,7 @@ class DaemonTests(DaemonMixin, SynchronousTestCase):
         self.assertEqual((code, body), (200, {"servers": []}))
         with urllib.request.urlopen(base.replace("ws://", "http://") + "?token=x", timeout=10) as page:
             self.assertEqual(page.headers.get_content_type(), "text/html")
-            self.assertIn(b"new WebSocket(", page.read())
+            self.assertIn(b'<script src="console.js" defer></script>', page.read())
+        with urllib.request.urlopen(base.replace("ws://", "http://") + "console.js", timeout=10) as script:
+            self.assertEqual(script.headers.get_content_type(), "text/javascript")
+            self.assertIn(b"new WebSocket(", script.read())

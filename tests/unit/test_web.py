@@ -8,7 +8,7 @@ from twisted.web import resource
 from twisted.web.test.requesthelper import DummyRequest
 
 from serialproxy.api import MAX_BODY
-from serialproxy.web import make_site
+from serialproxy.web import CONTENT_SECURITY_POLICY, make_site
 
 
 class _Leaf(resource.Resource):
@@ -60,6 +60,19 @@ class WebTests(SynchronousTestCase):
         self.assertEqual(os.path.basename(page.path), "index.html")
         upgrade = self.request(b"GET /?token=abc HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
         self.assertIn(b"websocket GET", upgrade)
+
+    def test_page_security_headers(self):
+        """The console page and its files carry the CSP, nosniff and no-referrer; the page is not cached."""
+        for name, cached in ((b"", False), (b"console.js", True)):
+            request = DummyRequest([name])
+            self.site.resource.getChild(name, request)
+            headers = request.responseHeaders
+            self.assertEqual(headers.getRawHeaders(b"content-security-policy"), [CONTENT_SECURITY_POLICY.encode()])
+            self.assertEqual(headers.getRawHeaders(b"x-content-type-options"), [b"nosniff"])
+            self.assertEqual(headers.getRawHeaders(b"referrer-policy"), [b"no-referrer"])
+            self.assertEqual(headers.getRawHeaders(b"cache-control"), None if cached else [b"no-store"])
+        api = self.request(b"GET /v3/servers HTTP/1.1\r\nHost: h\r\n\r\n").lower()
+        self.assertNotIn(b"content-security-policy", api)
 
     def test_body_too_large(self):
         """A declared body over the limit gets 413 and a closed connection, before it is sent."""
