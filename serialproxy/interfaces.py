@@ -223,6 +223,13 @@ class IStore(Interface):
     def allocations(hypervisor_id: str):
         """``{port: server_id}`` of the hypervisor's allocated ports."""
 
+    def open_session(session: SessionRecord, lock: Optional[ConsoleLock], now: float):
+        """In one transaction: take the writer lock (if ``lock``) and record the session.
+        None when opened; the holder's lock when the console is busy (nothing recorded)."""
+
+    def close_session(session_id: str):
+        """In one transaction: free the session's writer lock (if any) and forget it."""
+
     def add_session(session: SessionRecord):
         """Record a new session."""
 

@@ -104,14 +104,20 @@ class SessionManager:
         token = await self._tokens.check(secret)
         now = self._reactor.seconds()
         session_id = new_id(self._entropy)
-        lock = await self._take_lock(token, session_id, peer, now) if mode == "write" else None
         tenant = token.key_tenant_id or token.tenant_id
+        lock = ConsoleLock(token.server_id, token.port_index, session_id, self.node, peer, token.tenant_id,
+                           now, now + self.lease) if mode == "write" else None
         record = SessionRecord(session_id, token.server_id, token.port_index, mode, peer, tenant, self.node, now, now + self.lease)
-        await self._store.add_session(record)
+        holder = await self._store.open_session(record, lock, now)  # one transaction: lock and session row
+        if holder is not None:
+            reason = busy_reason(holder)
+            self._log.info("{event}: {peer} on console {console}: {reason}", event="refuse", peer=peer,
+                           console=_console_name(token), reason=reason, holder=holder.session_id)
+            raise ConsoleBusy(reason)
         try:
             console = await self._console(token)
         except BaseException:
-            await self._forget(session_id, lock is not None)
+            await self._store.close_session(session_id)
             raise
         attachment = Attachment(session_id, client, mode == "write", self.lag_bytes)
         session = Session(session_id, token, mode, peer, tenant, now, client, console, attachment, lock)
@@ -122,16 +128,6 @@ class SessionManager:
         self._log.info("{event}: {peer} on console {console} as {mode} (session {session}, tenant {tenant})",
                        event="attach", peer=peer, console=session.console_name, mode=mode, session=session_id, tenant=tenant)
         return session
-
-    async def _take_lock(self, token, session_id, peer, now) -> ConsoleLock:
-        lock = ConsoleLock(token.server_id, token.port_index, session_id, self.node, peer, token.tenant_id, now, now + self.lease)
-        holder = await self._store.acquire_lock(lock, now)
-        if holder is not None:
-            reason = busy_reason(holder)
-            self._log.info("{event}: {peer} on console {console}: {reason}", event="refuse", peer=peer,
-                           console=_console_name(token), reason=reason, holder=holder.session_id)
-            raise ConsoleBusy(reason)
-        return lock
 
     async def _console(self, token: ConsoleToken) -> Console:
         """This node's console for the token's serial port, connecting it if needed."""
@@ -171,15 +167,10 @@ class SessionManager:
             del self._consoles[key]
         if session.recording is not None:
             session.recording.close()
-        await self._forget(session.id, session.lock is not None)
+        await self._store.close_session(session.id)
         self._log.info("{event}: {peer} from console {console} (session {session}, {bytes_in} bytes in, {bytes_out} out)",
                        event="detach", peer=session.peer, console=session.console_name, session=session.id,
                        bytes_in=session.attachment.bytes_in, bytes_out=session.attachment.bytes_out)
-
-    async def _forget(self, session_id: str, locked: bool) -> None:
-        if locked:
-            await self._store.release_lock(session_id)
-        await self._store.remove_session(session_id)
 
     # timers and recording
 

@@ -258,6 +258,20 @@ def _remove_session_txn(cursor, session_id):
     cursor.execute("DELETE FROM console_sessions WHERE id = ?", (session_id,))
 
 
+def _open_session_txn(cursor, session, lock, now):
+    if lock is not None:
+        holder = _acquire_lock_txn(cursor, lock, now)
+        if holder is not None:
+            return holder
+    _add_session_txn(cursor, session)
+    return None
+
+
+def _close_session_txn(cursor, session_id):
+    _release_lock_txn(cursor, session_id)
+    _remove_session_txn(cursor, session_id)
+
+
 def _list_sessions_txn(cursor, now, server_id):
     where, params = ("AND server_id = ?", (now, server_id)) if server_id else ("", (now,))
     rows = cursor.execute(f"SELECT {_SESSION_COLUMNS} FROM console_sessions WHERE expires >= ? AND kick_reason IS NULL {where} "
@@ -416,6 +430,12 @@ class SQLStore:
 
     def mark_ports_foreign(self, hypervisor_id, ports):
         return self._db.run(_mark_ports_foreign_txn, hypervisor_id, ports)
+
+    def open_session(self, session, lock, now):
+        return self._db.run(_open_session_txn, session, lock, now)
+
+    def close_session(self, session_id):
+        return self._db.run(_close_session_txn, session_id)
 
     def add_session(self, session):
         return self._db.run(_add_session_txn, session)

@@ -189,6 +189,24 @@ class MemoryStore:
     def allocations(self, hypervisor_id):
         return succeed({p: owner for (h, p), (state, owner) in self.ports.items() if h == hypervisor_id and state == "allocated"})
 
+    def open_session(self, session, lock, now):
+        if lock is not None:
+            holder = self.successful(self.acquire_lock(lock, now))
+            if holder is not None:
+                return succeed(holder)
+        return self.add_session(session)
+
+    def close_session(self, session_id):
+        self.release_lock(session_id)
+        return self.remove_session(session_id)
+
+    @staticmethod
+    def successful(d):
+        """The result of a Deferred that has one (everything here is synchronous)."""
+        results = []
+        d.addCallback(results.append)
+        return results[0]
+
     def add_session(self, session):
         self.sessions[session.id] = session
         return succeed(None)

@@ -223,6 +223,21 @@ class StoreContract:
         self.get(self.store.remove_session("a"))
         self.assertEqual([r.id for r in self.get(self.store.list_sessions(0.0))], ["b"])
 
+    def test_open_and_close_session(self):
+        """Opening takes the lock and records the session at once; a busy console records nothing."""
+        from serialproxy.interfaces import SessionRecord
+        self.get(self.store.create_server(_server()))
+        first = SessionRecord("a", "s1", 0, "write", "p", "acme", "n1", 1.0, 30.0)
+        second = SessionRecord("b", "s1", 0, "write", "p", "acme", "n1", 2.0, 30.0)
+        spectator = SessionRecord("c", "s1", 0, "read", "p", "acme", "n1", 3.0, 30.0)
+        self.assertIsNone(self.get(self.store.open_session(first, _lock("a"), 1.0)))
+        self.assertEqual(self.get(self.store.open_session(second, _lock("b"), 2.0)).session_id, "a")
+        self.assertIsNone(self.get(self.store.open_session(spectator, None, 3.0)))
+        self.assertEqual([r.id for r in self.get(self.store.list_sessions(3.0))], ["a", "c"])
+        self.get(self.store.close_session("a"))
+        self.assertEqual([r.id for r in self.get(self.store.list_sessions(3.0))], ["c"])
+        self.assertIsNone(self.get(self.store.open_session(second, _lock("b"), 4.0)))
+
     def test_purge_sessions(self):
         """Sessions and locks whose lease ran out are purged; live ones stay."""
         self.get(self.store.create_server(_server(ports=(("127.0.0.1", 7000), ("127.0.0.1", 7001)))))
