@@ -14,6 +14,7 @@ One byte path serves websocket and telnet clients alike.
 """
 
 import ipaddress
+from collections import deque
 from typing import Callable, ClassVar, Optional
 
 from attrs import define, field
@@ -62,24 +63,30 @@ def vm_endpoint(reactor, host: str, port: int, timeout: float):
 
 
 class Scrollback:
-    """The last ``size`` bytes a VM wrote, for newcomers to see."""
+    """The last ``size`` bytes a VM wrote, for newcomers to see.
 
-    __slots__ = ("_buffer", "_size")
+    Chunks are kept as they came and whole ones dropped from the front, so a
+    full ring costs no copying per chunk; the one chunk straddling the limit
+    is cut only when the contents are asked for.
+    """
+
+    __slots__ = ("_chunks", "_held", "_size")
 
     def __init__(self, size: int):
         self._size = size
-        self._buffer = bytearray()
+        self._chunks = deque()
+        self._held = 0
 
     def append(self, data: bytes) -> None:
         if self._size <= 0:
             return
-        self._buffer += data
-        excess = len(self._buffer) - self._size
-        if excess > 0:
-            del self._buffer[:excess]
+        self._chunks.append(data)
+        self._held += len(data)
+        while self._held - len(self._chunks[0]) >= self._size:
+            self._held -= len(self._chunks.popleft())
 
     def contents(self) -> bytes:
-        return bytes(self._buffer)
+        return b"".join(self._chunks)[-self._size:] if self._size > 0 else b""
 
 
 @implementer(IPushProducer)

@@ -2,6 +2,8 @@
 
 import itertools
 
+from hypothesis import given, strategies as st
+
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -390,3 +392,16 @@ class RecordingTests(SessionTestCase):
         output = "".join(e[2] for e in lines[1:] if e[1] == "o")
         self.assertEqual(output.encode(), writer.text)
         self.assertEqual("".join(e[2] for e in lines[1:] if e[1] == "i"), "uptime\r")
+
+
+class ScrollbackRingTests(SynchronousTestCase):
+    @given(st.lists(st.binary(max_size=40), max_size=30), st.integers(0, 64))
+    def test_keeps_the_last_bytes(self, chunks, size):
+        """Whatever the chunks, the ring holds exactly the last ``size`` bytes written."""
+        from serialproxy.bridge import Scrollback
+
+        ring = Scrollback(size)
+        for chunk in chunks:
+            ring.append(chunk)
+        everything = b"".join(chunks)
+        self.assertEqual(ring.contents(), everything[-size:] if size else b"")
