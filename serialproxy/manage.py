@@ -64,14 +64,18 @@ class _HypervisorAdd(usage.Options):
                      ["virt-type", None, "qemu", "qemu (TCG, works everywhere) or kvm"]]
 
 
-class _Hypervisor(usage.Options):
-    synopsis = "add [options] | list"
-    subCommands = [["add", None, _HypervisorAdd, "register a hypervisor"],
-                   ["list", None, usage.Options, "list hypervisors"]]
+class _Group(usage.Options):
+    """A command with actions of its own (``hypervisor add``): one of them is needed."""
 
     def postOptions(self):
         if self.subCommand is None:
-            raise usage.UsageError("hypervisor needs add or list")
+            raise usage.UsageError("an action is needed: " + " or ".join(c[0] for c in self.subCommands))
+
+
+class _Hypervisor(_Group):
+    synopsis = "add [options] | list"
+    subCommands = [["add", None, _HypervisorAdd, "register a hypervisor"],
+                   ["list", None, usage.Options, "list hypervisors"]]
 
 
 class _ServerAdopt(usage.Options):
@@ -88,14 +92,10 @@ class _ServerAdopt(usage.Options):
         validate.tenant_id(self["tenant"], "--tenant")
 
 
-class _Server(usage.Options):
+class _Server(_Group):
     synopsis = "adopt [options] | list"
     subCommands = [["adopt", None, _ServerAdopt, "take an existing domain with TCP serial ports into a tenant"],
                    ["list", None, usage.Options, "list servers"]]
-
-    def postOptions(self):
-        if self.subCommand is None:
-            raise usage.UsageError("server needs adopt or list")
 
 
 class _SessionKick(usage.Options):
@@ -110,14 +110,10 @@ class _SessionList(usage.Options):
     optParameters = [["server", None, None, "only this server's sessions"]]
 
 
-class _Session(usage.Options):
+class _Session(_Group):
     synopsis = "list [--server ID] | kick SERVER_ID SESSION_ID [--reason TEXT]"
     subCommands = [["list", None, _SessionList, "list live console sessions on every node"],
                    ["kick", None, _SessionKick, "disconnect a session (close code 4010) and free its console"]]
-
-    def postOptions(self):
-        if self.subCommand is None:
-            raise usage.UsageError("session needs list or kick")
 
 
 class ManageOptions(usage.Options):
