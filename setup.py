@@ -1,5 +1,16 @@
 """Packaging for serialproxy: web serial consoles for libvirt/QEMU VMs."""
+import os
+
 from setuptools import find_packages, setup
+
+
+def _static_files():
+    """static/ as data files, so an installed (not editable) serialproxy has its console page."""
+    found = []
+    for base, _dirs, files in os.walk("static"):
+        if files:
+            found.append((os.path.join("share", "serialproxy", base), [os.path.join(base, f) for f in files]))
+    return found
 
 setup(
     name="serialproxy",
@@ -12,6 +23,7 @@ setup(
     packages=find_packages(exclude=["tests", "tests.*"]) + ["twisted.plugins"],
     package_data={"serialproxy": ["db-schemas/*.sql"]},
     include_package_data=True,
+    data_files=_static_files(),
     install_requires=[
         "Twisted[tls,conch]>=24.3",
         "autobahn>=24.4",

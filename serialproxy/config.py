@@ -10,6 +10,7 @@ import ipaddress
 import os
 import re
 import socket
+import sys
 from pathlib import Path
 from typing import Callable, Mapping, Optional
 from urllib.parse import urlsplit
@@ -20,7 +21,14 @@ from .errors import ConfigError
 
 __all__ = ["Config", "Option", "OPTIONS", "load_config", "DEFAULT_WEB_DIR"]
 
-DEFAULT_WEB_DIR = Path(__file__).resolve().parent.parent / "static"
+def _default_web_dir() -> Path:
+    """The bundled console page: static/ of the checkout, or where an install put it."""
+    checkout = Path(__file__).resolve().parent.parent / "static"
+    installed = Path(sys.prefix) / "share" / "serialproxy" / "static"
+    return checkout if checkout.is_dir() or not installed.is_dir() else installed
+
+
+DEFAULT_WEB_DIR = _default_web_dir()
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
