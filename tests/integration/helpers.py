@@ -345,25 +345,21 @@ def pattern(length: int, offset: int = 0) -> bytes:
     return (PATTERN_CHUNK * reps)[start:start + length]
 
 
-class FloodVM(_VMProtocol):
-    """Writes PATTERN_CHUNKs as fast as its transport takes them (a push producer).
+class _Pusher:
+    """A push producer that writes ``chunk`` until paused, stopped or at ``limit`` bytes.
 
-    Registered as its transport's producer: the transport pauses it when its
-    buffer is full, that is when the proxy stops reading.
+    Registered as a transport's producer, it stops when that transport's
+    buffer is full, that is when the other side stops reading.
     """
 
     limit = 128 * 1024 * 1024
 
-    def __init__(self):
+    def _reset(self):
         self.sent = 0
         self.paused = False
         self.pauses = 0
         self.resumes = 0
         self.stopped = False
-
-    def connectionMade(self):
-        self.transport.registerProducer(self, True)
-        self._flood()
 
     def pauseProducing(self):
         self.paused = True
@@ -372,23 +368,42 @@ class FloodVM(_VMProtocol):
     def resumeProducing(self):
         self.paused = False
         self.resumes += 1
-        self._flood()
+        self._push()
 
     def stopProducing(self):
         self.stopped = True
+
+    def _more(self) -> bool:
+        return not (self.paused or self.stopped or self.sent >= self.limit)
+
+    def _push(self):
+        for _ in range(64):  # the transport pauses us long before this
+            if not self._more():
+                return
+            self._write(self.chunk)
+            self.sent += len(self.chunk)
+        if not self.paused and not self.stopped:
+            reactor.callLater(0, self._push)
+
+
+class FloodVM(_Pusher, _VMProtocol):
+    """Writes PATTERN_CHUNKs as fast as its transport takes them (a push producer on it)."""
+
+    chunk = PATTERN_CHUNK
+
+    def __init__(self):
+        self._reset()
+
+    def connectionMade(self):
+        self.transport.registerProducer(self, True)
+        self._push()
 
     def stop(self):
         """Write no more."""
         self.stopped = True
 
-    def _flood(self):
-        for _ in range(64):  # the transport pauses us long before this
-            if self.paused or self.stopped or self.sent >= self.limit:
-                return
-            self.transport.write(PATTERN_CHUNK)
-            self.sent += len(PATTERN_CHUNK)
-        if not self.paused and not self.stopped:
-            reactor.callLater(0, self._flood)
+    def _write(self, data):
+        self.transport.write(data)
 
 
 # --- the websocket client -------------------------------------------------
@@ -521,23 +536,19 @@ class ConsoleClient:
             raise
 
 
-class ClientPusher:
-    """Sends the PATTERN stream from a console client as binary frames, as a push producer.
+class ClientPusher(_Pusher):
+    """Sends the PATTERN stream from a console client as binary frames (a push producer on its transport)."""
 
-    Registered as the client transport's producer, so it stops when that
-    transport's buffer is full, that is when the proxy stops reading.
-    """
-
-    frame = PATTERN_CHUNK[:32 * 1024]
+    chunk = PATTERN_CHUNK[:32 * 1024]
 
     def __init__(self, client: "ConsoleClient", limit: int = 128 * 1024 * 1024):
         self._client = client
         self.limit = limit
-        self.sent = 0
-        self.paused = False
-        self.pauses = 0
-        self.resumes = 0
-        self.stopped = False
+        self._reset()
+
+    @property
+    def frame(self):
+        return self.chunk
 
     def start(self):
         self._client.transport.registerProducer(self, True)
@@ -548,26 +559,11 @@ class ClientPusher:
             self.stopped = True
             self._client.transport.unregisterProducer()
 
-    def pauseProducing(self):
-        self.paused = True
-        self.pauses += 1
+    def _more(self) -> bool:
+        return super()._more() and not self._client.is_lost
 
-    def resumeProducing(self):
-        self.paused = False
-        self.resumes += 1
-        self._push()
-
-    def stopProducing(self):
-        self.stopped = True
-
-    def _push(self):
-        for _ in range(64):  # the transport pauses us long before this
-            if self.paused or self.stopped or self.sent >= self.limit or self._client.is_lost:
-                return
-            self._client.send(self.frame)
-            self.sent += len(self.frame)
-        if not self.paused and not self.stopped:
-            reactor.callLater(0, self._push)
+    def _write(self, data):
+        self._client.send(data)
 
 
 async def open_console(case, url: str, **kwargs) -> ConsoleClient:
