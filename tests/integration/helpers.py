@@ -546,10 +546,6 @@ class ClientPusher(_Pusher):
         self.limit = limit
         self._reset()
 
-    @property
-    def frame(self):
-        return self.chunk
-
     def start(self):
         self._client.transport.registerProducer(self, True)
         self._push()
