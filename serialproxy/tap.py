@@ -188,7 +188,7 @@ def build_service(config: Config, reactor, entropy=os.urandom, database: Databas
     _ReconcileService(store, servers).setServiceParent(top)
     urls = ConsoleURLs(config)
     api = API(config, store, KeyService(store, reactor, entropy), tokens, sessions, reactor, urls.base_url, entropy, servers)
-    site = make_site(api, ConsoleFactory(sessions, config.allowed_origins, config.ping_interval, config.ping_timeout), config.web_dir)
+    site = make_site(api, ConsoleFactory(sessions, config.allowed_origins, config.ping_interval, config.ping_timeout), config.web_dir, reactor)
     description = config.listen_endpoint()
     endpoint = _ListeningEndpoint(endpoints.serverFromString(reactor, description), urls, description)
     listener = internet.StreamServerEndpointService(endpoint, site)

@@ -95,9 +95,10 @@ class BoundedRequest(server.Request):
         self.channel.loseConnection()
 
 
-def make_site(api, console_factory, web_dir: str) -> server.Site:
-    """The Site for the HTTP listener."""
-    site = server.Site(Root(api.app.resource(), WebSocketResource(console_factory), web_dir), timeout=HTTP_TIMEOUT)
+def make_site(api, console_factory, web_dir: str, reactor=None) -> server.Site:
+    """The Site for the HTTP listener; its idle timeouts run on ``reactor``."""
+    root = Root(api.app.resource(), WebSocketResource(console_factory), web_dir)
+    site = server.Site(root, timeout=HTTP_TIMEOUT, reactor=reactor)
     site.requestFactory = BoundedRequest
     site.displayTracebacks = False
     return site

@@ -2,6 +2,7 @@
 
 import os
 
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import resource
@@ -38,7 +39,8 @@ class WebTests(SynchronousTestCase):
         os.makedirs(web)
         with open(os.path.join(web, "index.html"), "w") as f:
             f.write("<p>console page</p>")
-        self.site = make_site(_API(), None, web)
+        self.clock = Clock()
+        self.site = make_site(_API(), None, web, self.clock)
         self.site.resource._websocket = _Leaf("websocket")
 
     def request(self, raw: bytes) -> bytes:
@@ -47,6 +49,17 @@ class WebTests(SynchronousTestCase):
         channel.makeConnection(transport)
         channel.dataReceived(raw)
         return transport.value()
+
+    def test_idle_connections_time_out_on_the_injected_clock(self):
+        """An idle HTTP connection is dropped after HTTP_TIMEOUT seconds of the site's clock."""
+        from serialproxy.web import HTTP_TIMEOUT
+        channel = self.site.buildProtocol(None)
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        self.clock.advance(HTTP_TIMEOUT - 1)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(transport.disconnecting)
 
     def test_api_paths_keep_their_prefix(self):
         """/v3/... reaches the API with the whole path."""
