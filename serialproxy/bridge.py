@@ -199,14 +199,6 @@ class Console:
     def connected(self) -> bool:
         return self._vm is not None and not self._lost
 
-    @property
-    def attachments(self) -> list:
-        return list(self._attachments.values())
-
-    @property
-    def writer(self) -> Optional[Attachment]:
-        return self._writer
-
     def attach(self, attachment: Attachment) -> None:
         """Join a session: replay the scrollback, then live output; a writer drives the VM."""
         transport = attachment.client.transport

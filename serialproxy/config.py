@@ -8,7 +8,6 @@ the value and what is allowed. Precedence: defaults < file < flags.
 import configparser
 import ipaddress
 import os
-import re
 import socket
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from urllib.parse import urlsplit
 from attrs import field, frozen
 
 from .errors import ConfigError
+from .validate import HOSTNAME
 
 __all__ = ["Config", "Option", "OPTIONS", "load_config", "DEFAULT_WEB_DIR"]
 
@@ -32,7 +32,6 @@ DEFAULT_WEB_DIR = _default_web_dir()
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
 
 
 def _boolean(name, text):
@@ -77,7 +76,7 @@ def _address(name, text):
         return str(ipaddress.ip_address(value.strip("[]")))
     except ValueError:
         pass
-    if _HOSTNAME.match(value):
+    if HOSTNAME.match(value):
         return value
     raise ConfigError(name, text, "expected an IPv4 or IPv6 address or a host name, or nothing")
 

@@ -61,17 +61,13 @@ class Session:
     console: Console
     attachment: Attachment
     lock: Optional[ConsoleLock]
-    timers: list = field(factory=list)
+    timers: list = field(factory=list)  # everything to cancel on detach
+    idle: Optional["_IdleTimer"] = None
     recording: object = None
 
     @property
     def console_name(self) -> str:
         return _console_name(self.token)
-
-    def record(self, node: str, expires: float) -> SessionRecord:
-        return SessionRecord(self.id, self.token.server_id, self.token.port_index, self.mode, self.peer,
-                             self.tenant_id, node, self.since, expires,
-                             self.attachment.bytes_in, self.attachment.bytes_out)
 
 
 @define
@@ -109,11 +105,8 @@ class SessionManager:
                            now, now + self.lease) if mode == "write" else None
         record = SessionRecord(session_id, token.server_id, token.port_index, mode, peer, tenant, self.node, now, now + self.lease)
         holder = await self._store.open_session(record, lock, now)  # one transaction: lock and session row
-        if holder is not None:
-            reason = busy_reason(holder)
-            self._log.info("{event}: {peer} on console {console}: {reason}", event="refuse", peer=peer,
-                           console=_console_name(token), reason=reason, holder=holder.session_id)
-            raise ConsoleBusy(reason)
+        if holder is not None:  # the client logs the refusal with the reason
+            raise ConsoleBusy(busy_reason(holder))
         try:
             console = await self._console(token)
         except BaseException:
@@ -180,7 +173,8 @@ class SessionManager:
             session.timers.append(self._reactor.callLater(delay, session.client.close, CloseCode.TOKEN_EXPIRED,
                                                           "the console token expired; ask the API for a new console URL"))
         if self.idle_timeout and session.mode == "write":
-            session.timers.append(_IdleTimer(self._reactor, session, self.idle_timeout).start())
+            session.idle = _IdleTimer(self._reactor, session, self.idle_timeout).start()
+            session.timers.append(session.idle)
 
     def _start_recording(self, session: Session) -> None:
         if self.recorder is None:
@@ -197,9 +191,8 @@ class SessionManager:
     def from_client(self, session: Session, data: bytes) -> None:
         """Bytes the client typed: to the VM if it is the writer; resets the idle timer."""
         session.console.from_client(session.attachment, data)
-        for timer in session.timers:
-            if isinstance(timer, _IdleTimer):
-                timer.touch()
+        if session.idle is not None:
+            session.idle.touch()
 
     # listing and kicking
 

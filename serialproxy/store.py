@@ -178,14 +178,15 @@ def _unique_name(cursor, table, kind, name):
         raise Conflict(f"a {kind} named {name!r} exists already")
 
 
-def _find_hypervisor_txn(cursor, id_or_name):
-    row = cursor.execute(f"SELECT {_HYPERVISOR_COLUMNS} FROM hypervisors WHERE id = ? OR name = ? ORDER BY id = ? DESC",
+def _find_named(cursor, table, columns, make, id_or_name):
+    """The row of ``table`` with this id or name (the id wins), made into a record; or None."""
+    row = cursor.execute(f"SELECT {columns} FROM {table} WHERE id = ? OR name = ? ORDER BY id = ? DESC",
                          (id_or_name, id_or_name, id_or_name)).fetchone()
-    return _hypervisor(row) if row else None
+    return make(row) if row else None
 
 
-def _list_hypervisors_txn(cursor):
-    return [_hypervisor(r) for r in cursor.execute(f"SELECT {_HYPERVISOR_COLUMNS} FROM hypervisors ORDER BY created, id").fetchall()]
+def _list_named(cursor, table, columns, make):
+    return [make(row) for row in cursor.execute(f"SELECT {columns} FROM {table} ORDER BY created, id").fetchall()]
 
 
 def _image(row) -> Image:
@@ -197,16 +198,6 @@ def _create_image_txn(cursor, image):
     cursor.execute(f"INSERT INTO images ({_IMAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                    (image.id, image.name, image.kernel, image.initrd, image.cmdline, image.disk,
                     json.dumps(image.metadata, sort_keys=True), image.created))
-
-
-def _find_image_txn(cursor, id_or_name):
-    row = cursor.execute(f"SELECT {_IMAGE_COLUMNS} FROM images WHERE id = ? OR name = ? ORDER BY id = ? DESC",
-                         (id_or_name, id_or_name, id_or_name)).fetchone()
-    return _image(row) if row else None
-
-
-def _list_images_txn(cursor):
-    return [_image(r) for r in cursor.execute(f"SELECT {_IMAGE_COLUMNS} FROM images ORDER BY created, id").fetchall()]
 
 
 def _claim_tested_port_txn(cursor, hypervisor_id, low, high, server_id):
@@ -394,10 +385,10 @@ class SQLStore:
         return d
 
     def find_hypervisor(self, id_or_name):
-        return self._db.run(_find_hypervisor_txn, id_or_name)
+        return self._db.run(_find_named, "hypervisors", _HYPERVISOR_COLUMNS, _hypervisor, id_or_name)
 
     def list_hypervisors(self):
-        return self._db.run(_list_hypervisors_txn)
+        return self._db.run(_list_named, "hypervisors", _HYPERVISOR_COLUMNS, _hypervisor)
 
     def create_image(self, image):
         d = self._db.run(_create_image_txn, image)
@@ -405,10 +396,10 @@ class SQLStore:
         return d
 
     def find_image(self, id_or_name):
-        return self._db.run(_find_image_txn, id_or_name)
+        return self._db.run(_find_named, "images", _IMAGE_COLUMNS, _image, id_or_name)
 
     def list_images(self):
-        return self._db.run(_list_images_txn)
+        return self._db.run(_list_named, "images", _IMAGE_COLUMNS, _image)
 
     def claim_tested_port(self, hypervisor_id, low, high, server_id):
         return self._db.run(_claim_tested_port_txn, hypervisor_id, low, high, server_id)

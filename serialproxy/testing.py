@@ -105,12 +105,15 @@ class MemoryStore:
         return succeed(len(expired))
 
     def acquire_lock(self, lock, now):
+        return succeed(self._take_lock(lock, now))
+
+    def _take_lock(self, lock, now):
         console = (lock.server_id, lock.port_index)
         holder = self.locks.get(console)
         if holder is not None and holder.expires >= now:
-            return succeed(holder)
+            return holder
         self.locks[console] = lock
-        return succeed(None)
+        return None
 
     def release_lock(self, session_id):
         self.locks = {c: lock for c, lock in self.locks.items() if lock.session_id != session_id}
@@ -190,22 +193,14 @@ class MemoryStore:
         return succeed({p: owner for (h, p), (state, owner) in self.ports.items() if h == hypervisor_id and state == "allocated"})
 
     def open_session(self, session, lock, now):
-        if lock is not None:
-            holder = self.successful(self.acquire_lock(lock, now))
-            if holder is not None:
-                return succeed(holder)
+        holder = self._take_lock(lock, now) if lock is not None else None
+        if holder is not None:
+            return succeed(holder)
         return self.add_session(session)
 
     def close_session(self, session_id):
         self.release_lock(session_id)
         return self.remove_session(session_id)
-
-    @staticmethod
-    def successful(d):
-        """The result of a Deferred that has one (everything here is synchronous)."""
-        results = []
-        d.addCallback(results.append)
-        return results[0]
 
     def add_session(self, session):
         self.sessions[session.id] = session

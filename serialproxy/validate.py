@@ -12,7 +12,7 @@ from .errors import BadRequest
 
 __all__ = [
     "server_body", "boot_body", "console_body", "hypervisor_body", "image_body", "image_serial_ports",
-    "kick_body", "is_id", "tenant_id", "MAX_SERIAL_PORTS", "MACHINE_SERIAL_PORTS",
+    "kick_body", "is_id", "HOSTNAME", "tenant_id", "MAX_SERIAL_PORTS", "MACHINE_SERIAL_PORTS",
 ]
 
 MAX_SERIAL_PORTS = 32
@@ -21,7 +21,7 @@ MACHINE_SERIAL_PORTS = 4
 LIBVIRT_SCHEMES = ("qemu", "qemu+ssh", "qemu+tcp", "qemu+tls", "qemu+unix", "qemu+libssh", "qemu+libssh2", "test")
 _DIGITS = re.compile(r"[0-9]+")  # str.isdigit() takes '²' and '١' too
 _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
 
 
 def _show(value) -> str:
@@ -61,7 +61,7 @@ def _host(value, field: str) -> str:
         try:
             return str(ipaddress.ip_address(value.strip("[]")))
         except ValueError:
-            if _HOSTNAME.match(value):
+            if HOSTNAME.match(value):
                 return value.lower()
     raise BadRequest(f"{field}: {_show(value)} is not allowed: expected an IPv4 or IPv6 address or a host name")
 
