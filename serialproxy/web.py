@@ -3,21 +3,32 @@
 ``/?token=T`` with ``Upgrade: websocket`` is a console session; the same URL
 in a browser gets the console page. ``/v2/...`` and ``/v3/...`` are the REST
 API; anything else is a static file of the ``web`` directory.
+
+A connection whose first request is a console websocket goes straight to
+autobahn (:class:`ConsoleSite`), without a ``twisted.web`` request being
+built, rendered and written back out for autobahn to parse again; any other
+connection is plain ``twisted.web``, which still routes a websocket upgrade
+arriving later on a keep-alive connection.
 """
 
 import json
 import os
 
 from autobahn.twisted.resource import WebSocketResource
+from twisted.internet.protocol import Protocol
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.web import resource, server, static
 
 from .api import MAX_BODY
 
-__all__ = ["Root", "make_site", "BoundedRequest", "CONTENT_SECURITY_POLICY"]
+__all__ = ["Root", "make_site", "BoundedRequest", "ConsoleSite", "CONTENT_SECURITY_POLICY"]
 
 # An idle HTTP connection is dropped after this many seconds. A websocket is
 # no longer HTTP once upgraded: its liveness is checked by websocket pings.
 HTTP_TIMEOUT = 60
+# The most of a first request's head read to tell a console from other HTTP;
+# longer heads go to twisted.web, which enforces its own limits.
+MAX_HEAD = 8192
 
 # The console page and its files: scripts and styles of our own origin only
 # (xterm.js writes inline styles), the websocket and console-info on this
@@ -95,10 +106,69 @@ class BoundedRequest(server.Request):
         self.channel.loseConnection()
 
 
+def is_console_upgrade(head: bytes) -> bool:
+    """Is this request head (up to its blank line) a websocket upgrade for ``/`` or ``/?...``?"""
+    lines = head.split(b"\r\n")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or parts[0] != b"GET" or not (parts[1] == b"/" or parts[1].startswith(b"/?")):
+        return False
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if colon and name.strip().lower() == b"upgrade":
+            return value.strip().lower() == b"websocket"
+    return False
+
+
+class _FirstRequest(Protocol):
+    """Reads a connection's first request head, then hands the connection to autobahn or to twisted.web."""
+
+    def __init__(self, site: "ConsoleSite", addr):
+        self._site = site
+        self._addr = addr
+        self._head = b""
+        self._timer = None
+
+    def connectionMade(self):
+        self._timer = self._site.reactor.callLater(HTTP_TIMEOUT, self.transport.abortConnection)
+
+    def dataReceived(self, data: bytes):
+        self._head += data
+        end = self._head.find(b"\r\n\r\n")
+        if end >= 0 and is_console_upgrade(self._head[:end]):
+            self._hand_over(self._site.console_factory.buildProtocol(self._addr))
+        elif end >= 0 or len(self._head) > MAX_HEAD:
+            self._hand_over(server.Site.buildProtocol(self._site, self._addr))
+
+    def _hand_over(self, protocol):
+        self._timer.cancel()
+        transport = self.transport
+        if isinstance(transport, ProtocolWrapper):  # TLS
+            transport.wrappedProtocol = protocol
+        else:
+            transport.protocol = protocol
+        protocol.makeConnection(transport)
+        protocol.dataReceived(self._head)
+
+    def connectionLost(self, reason):
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+
+
+class ConsoleSite(server.Site):
+    """The HTTP listener's factory: console websockets go straight to autobahn (see the module's notes)."""
+
+    def __init__(self, root, console_factory, **kwargs):
+        super().__init__(root, **kwargs)
+        self.console_factory = console_factory
+
+    def buildProtocol(self, addr):
+        return _FirstRequest(self, addr)
+
+
 def make_site(api, console_factory, web_dir: str, reactor=None) -> server.Site:
     """The Site for the HTTP listener; its idle timeouts run on ``reactor``."""
     root = Root(api.app.resource(), WebSocketResource(console_factory), web_dir)
-    site = server.Site(root, timeout=HTTP_TIMEOUT, reactor=reactor)
+    site = ConsoleSite(root, console_factory, timeout=HTTP_TIMEOUT, reactor=reactor)
     site.requestFactory = BoundedRequest
     site.displayTracebacks = False
     return site

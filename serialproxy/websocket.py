@@ -11,6 +11,7 @@ text frames from the client go to the VM as bytes. The ``binary`` and
 
 import base64
 import binascii
+import inspect
 import struct
 from typing import ClassVar, Optional
 from urllib.parse import urlsplit
@@ -198,6 +199,7 @@ class ConsoleFactory(WebSocketServerFactory):
     """Makes :class:`ConsoleProtocol` with the limits and timeouts of a console."""
 
     protocol = ConsoleProtocol
+    _configured = None  # the protocol class with this factory's options (buildProtocol)
 
     def __init__(self, sessions, allowed_origins=(), ping_interval: float = 20, ping_timeout: float = 10,
                  url: Optional[str] = None):
@@ -218,3 +220,21 @@ class ConsoleFactory(WebSocketServerFactory):
             # per frame and memory per session, and send() relies on plain frames.
             perMessageCompressionAccept=lambda offers: None,
         )
+
+    def setProtocolOptions(self, **options):
+        super().setProtocolOptions(**options)
+        self._configured = None
+
+    def buildProtocol(self, addr):
+        # autobahn copies its ~30 options from the factory onto each new
+        # protocol and pretty-prints them all for a debug line, eagerly, on
+        # every connection: a tenth of a new session's CPU. It skips options
+        # the protocol already has, so they are given once to a subclass
+        # (functions as staticmethods, or they would become methods).
+        if self._configured is None:
+            options = {name: getattr(self, name) for name in self.protocol.CONFIG_ATTRS}
+            options = {name: staticmethod(v) if inspect.isfunction(v) else v for name, v in options.items()}
+            self._configured = type(self.protocol.__name__, (self.protocol,), {**options, "CONFIG_ATTRS": ()})
+        protocol = self._configured()
+        protocol.factory = self
+        return protocol
