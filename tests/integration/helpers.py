@@ -502,6 +502,13 @@ class ConsoleClient:
     def send_text(self, text: bytes):
         self.protocol.sendMessage(text, isBinary=False)
 
+    def send_fragmented(self, pieces, binary: bool = True):
+        """One message sent as a frame per piece."""
+        self.protocol.beginMessage(isBinary=binary)
+        for piece in pieces:
+            self.protocol.sendMessageFrame(piece)
+        self.protocol.endMessage()
+
     async def wait_for_bytes(self, count: int, timeout: float = WAIT):
         await wait_until(lambda: self.count >= count or self.is_lost,
                          lambda: f"{count} bytes from the console (got {self.count})", timeout)

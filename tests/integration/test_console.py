@@ -66,6 +66,30 @@ class EchoTests(IntegrationTestCase):
         self.assertEqual(client.count, 0, "no binary frames on the base64 subprotocol")
         self.assertEqual(node.sessions()[0].attachment.bytes_in, len(data))
 
+    async def test_fragmented_messages(self):
+        """A message split into frames reaches the VM whole and in order: binary and text streamed, base64 decoded whole."""
+        node = await start_node(self)
+        vm = await start_vm(self, EchoVM)
+        _server, url = await node.console_for(vm)
+        client = await open_console(self, url)
+        client.send_fragmented([b"one ", b"", b"two ", bytes(range(256))])
+        client.send_fragmented([b"three ", b"four"], binary=False)
+        expected = b"one two " + bytes(range(256)) + b"three four"
+        await wait_until(lambda: len(client.received) >= len(expected), "the fragmented echo")
+        self.assertEqual(bytes(client.received), expected)
+        client.protocol.beginMessage(isBinary=True)
+        client.protocol.sendMessageFrame(b"before the end")
+        await wait_until(lambda: client.received.endswith(b"before the end"), "a frame streamed before its message ends")
+        client.protocol.endMessage()
+        await client.close()
+
+        client = await open_console(self, url, protocols=["base64"])
+        data = bytes(range(256)) * 3
+        text = base64.b64encode(data)
+        client.send_fragmented([text[:5], text[5:501], text[501:]], binary=False)  # pieces that are not base64 on their own
+        await wait_until(lambda: sum(len(base64.b64decode(t)) for t in client.texts) >= len(data), "the base64 echo")
+        self.assertEqual(b"".join(base64.b64decode(t) for t in client.texts), data)
+
 
 class BulkTests(IntegrationTestCase):
     async def test_16_mib_client_to_vm(self):
