@@ -257,6 +257,7 @@ class API:
         key = await self._caller(request)
         server = await self._visible_server(key, server_id)
         await self._servers.delete(server)
+        self._tokens.forget_server(server.id)
         self._sessions.close_server(server.id, NotFound.close_code, "the server was deleted")
         self._log.info("deleted server {id} by key {key}", id=server.id, key=key.id)
         request.setResponseCode(204)
@@ -296,7 +297,8 @@ class API:
         raw = (request.args.get(b"token") or [b""])[0]
         token = await self._tokens.check(raw.decode("ascii", "replace"))
         server = await self._store.get_server(token.server_id)
-        if server is None:  # deleted since: its tokens went with it, but a race can see this
+        if server is None:  # deleted since (on another node, or while its token was looked up)
+            self._tokens.forget_server(token.server_id)
             raise TokenInvalid("the server of this console is gone")
         return _json(request, 200, {"console": {
             "server_id": server.id, "server_name": server.name, "port": token.port_index,

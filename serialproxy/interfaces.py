@@ -4,7 +4,7 @@ Every method of a store returns a Deferred. The records are frozen attrs
 classes, so what crosses a seam cannot change behind anyone's back.
 """
 
-from typing import Optional
+from typing import Optional, Sequence
 
 from attrs import frozen
 from zope.interface import Interface
@@ -223,12 +223,17 @@ class IStore(Interface):
     def allocations(hypervisor_id: str):
         """``{port: server_id}`` of the hypervisor's allocated ports."""
 
-    def open_session(session: SessionRecord, lock: Optional[ConsoleLock], now: float):
-        """In one transaction: take the writer lock (if ``lock``) and record the session.
-        None when opened; the holder's lock when the console is busy (nothing recorded)."""
+    def open_session(session: SessionRecord, lock: Optional[ConsoleLock], now: float, closed: Sequence[str] = ()):
+        """In one transaction: close the sessions ``closed`` (as :meth:`close_sessions`), then take
+        the writer lock (if ``lock``) and record the session.
 
-    def close_session(session_id: str):
-        """In one transaction: free the session's writer lock (if any) and forget it."""
+        None when opened; the holder's lock when the console is busy (the
+        closes are kept, the session is not recorded). :class:`NotFound` if
+        the session's server is gone, with nothing written, not even the closes.
+        """
+
+    def close_sessions(session_ids: Sequence[str]):
+        """In one transaction: free the writer locks of these sessions (if any) and forget them."""
 
     def add_session(session: SessionRecord):
         """Record a new session."""

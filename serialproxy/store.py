@@ -12,7 +12,7 @@ from attrs import define
 from zope.interface import implementer
 
 from .database import Database
-from .errors import Conflict
+from .errors import Conflict, NotFound
 from .interfaces import ApiKey, ConsoleLock, ConsoleToken, Hypervisor, Image, IStore, SerialPort, Server, SessionRecord
 
 __all__ = ["SQLStore"]
@@ -24,6 +24,7 @@ _LOCK_COLUMNS = "server_id, port_index, session_id, node, peer, tenant_id, since
 _SERVER_COLUMNS = "id, name, tenant_id, status, created, hypervisor_id, image_id, domain, memory_mb"
 _HYPERVISOR_COLUMNS = "id, name, libvirt_uri, proxyclient_address, port_low, port_high, created, virt_type"
 _IMAGE_COLUMNS = "id, name, kernel, initrd, cmdline, disk, metadata, created"
+_CLOSE_CHUNK = 500  # session ids per DELETE: under every sqlite build's limit on parameters
 
 
 def _key(row) -> ApiKey:
@@ -249,7 +250,10 @@ def _remove_session_txn(cursor, session_id):
     cursor.execute("DELETE FROM console_sessions WHERE id = ?", (session_id,))
 
 
-def _open_session_txn(cursor, session, lock, now):
+def _open_session_txn(cursor, session, lock, now, closed):
+    if not cursor.execute("SELECT id FROM servers WHERE id = ?", (session.server_id,)).fetchone():
+        raise NotFound(f"server {session.server_id} is gone")
+    _close_sessions_txn(cursor, closed)
     if lock is not None:
         holder = _acquire_lock_txn(cursor, lock, now)
         if holder is not None:
@@ -258,9 +262,12 @@ def _open_session_txn(cursor, session, lock, now):
     return None
 
 
-def _close_session_txn(cursor, session_id):
-    _release_lock_txn(cursor, session_id)
-    _remove_session_txn(cursor, session_id)
+def _close_sessions_txn(cursor, session_ids):
+    for start in range(0, len(session_ids), _CLOSE_CHUNK):
+        chunk = tuple(session_ids[start:start + _CLOSE_CHUNK])
+        marks = ", ".join("?" * len(chunk))
+        cursor.execute(f"DELETE FROM console_locks WHERE session_id IN ({marks})", chunk)
+        cursor.execute(f"DELETE FROM console_sessions WHERE id IN ({marks})", chunk)
 
 
 def _list_sessions_txn(cursor, now, server_id):
@@ -422,11 +429,11 @@ class SQLStore:
     def mark_ports_foreign(self, hypervisor_id, ports):
         return self._db.run(_mark_ports_foreign_txn, hypervisor_id, ports)
 
-    def open_session(self, session, lock, now):
-        return self._db.run(_open_session_txn, session, lock, now)
+    def open_session(self, session, lock, now, closed=()):
+        return self._db.run(_open_session_txn, session, lock, now, closed)
 
-    def close_session(self, session_id):
-        return self._db.run(_close_session_txn, session_id)
+    def close_sessions(self, session_ids):
+        return self._db.run(_close_sessions_txn, session_ids)
 
     def add_session(self, session):
         return self._db.run(_add_session_txn, session)

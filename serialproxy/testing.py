@@ -16,7 +16,7 @@ from zope.interface import implementer
 
 from .database import Database, _prepare_sqlite, parse_url, upgrade
 from .domain import NAMESPACE
-from .errors import Conflict
+from .errors import Conflict, NotFound
 from .interfaces import IHypervisorDriver, IStore
 from .libvirt_driver import HypervisorError
 from .ports import IPortProbe
@@ -192,15 +192,23 @@ class MemoryStore:
     def allocations(self, hypervisor_id):
         return succeed({p: owner for (h, p), (state, owner) in self.ports.items() if h == hypervisor_id and state == "allocated"})
 
-    def open_session(self, session, lock, now):
+    def open_session(self, session, lock, now, closed=()):
+        if session.server_id not in self.servers:
+            return fail(NotFound(f"server {session.server_id} is gone"))
+        self._close_sessions(closed)
         holder = self._take_lock(lock, now) if lock is not None else None
         if holder is not None:
             return succeed(holder)
         return self.add_session(session)
 
-    def close_session(self, session_id):
-        self.release_lock(session_id)
-        return self.remove_session(session_id)
+    def close_sessions(self, session_ids):
+        self._close_sessions(session_ids)
+        return succeed(None)
+
+    def _close_sessions(self, session_ids):
+        gone = set(session_ids)
+        self.locks = {c: lock for c, lock in self.locks.items() if lock.session_id not in gone}
+        self.sessions = {i: r for i, r in self.sessions.items() if i not in gone}
 
     def add_session(self, session):
         self.sessions[session.id] = session

@@ -5,6 +5,12 @@ only as its SHA-256; it is bound to one serial port of one server and lives
 ``token_ttl`` seconds on the injected clock. API keys are made the same way.
 Both are long random secrets, so a plain SHA-256 (no slow KDF) is the right
 hash: nothing to guess, nothing to brute-force.
+
+:class:`TokenService` keeps the tokens it minted or found in a bounded
+in-memory cache, so a console session does not wait for the database to
+check its token. Expiry is checked on every use all the same; a token of a
+server deleted on another node is refused when its session is opened (the
+open transaction finds the server gone), and then forgotten here.
 """
 
 import base64
@@ -12,16 +18,19 @@ import hashlib
 import os
 import re
 import uuid
+from collections import OrderedDict
 from typing import Callable, ClassVar
 
-from attrs import define
+from attrs import define, field
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from .errors import TokenExpired, TokenInvalid, Unauthorized
 from .interfaces import ApiKey, ConsoleToken, IStore, SerialPort, Server
 
-__all__ = ["TokenService", "KeyService", "hash_secret", "new_secret", "new_id"]
+__all__ = ["TokenService", "KeyService", "hash_secret", "new_secret", "new_id", "UNKNOWN_TOKEN"]
+
+UNKNOWN_TOKEN = "unknown or expired console token: ask the API for a new console URL"
 
 _SECRET_BYTES = 32
 _TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]{43}$")
@@ -51,32 +60,55 @@ class TokenService:
     _clock: IReactorTime
     _ttl: int
     _entropy: Callable[[int], bytes] = os.urandom
+    cache_size: int = 16384
+    _cache: OrderedDict = field(factory=OrderedDict)  # token_hash -> ConsoleToken, least recently used first
     _log: ClassVar[Logger] = Logger()
 
     async def mint(self, server: Server, port: SerialPort, key_tenant_id: str = "") -> str:
-        """A new token for one serial port; the secret is returned, its hash stored."""
+        """A new token for one serial port; the secret is returned, its hash stored (and cached)."""
         secret = new_secret(self._entropy)
         now = self._clock.seconds()
-        await self._store.add_token(
-            ConsoleToken(hash_secret(secret), server.id, port.index, port.host, port.port,
-                         server.tenant_id, now, now + self._ttl, key_tenant_id or server.tenant_id)
-        )
+        token = ConsoleToken(hash_secret(secret), server.id, port.index, port.host, port.port,
+                             server.tenant_id, now, now + self._ttl, key_tenant_id or server.tenant_id)
+        await self._store.add_token(token)
+        self._remember(token)
         return secret
 
     async def check(self, secret: str) -> ConsoleToken:
-        """The token's binding, or :class:`TokenInvalid` / :class:`TokenExpired`."""
+        """The token's binding, or :class:`TokenInvalid` / :class:`TokenExpired`; from the cache if there."""
         if not isinstance(secret, str) or not _TOKEN_SHAPE.match(secret):
             raise TokenInvalid("malformed console token: ask the API for a new console URL")
-        token = await self._store.find_token(hash_secret(secret))
+        token_hash = hash_secret(secret)
+        token = self._cache.get(token_hash)
         if token is None:
-            raise TokenInvalid("unknown or expired console token: ask the API for a new console URL")
+            token = await self._store.find_token(token_hash)
+            if token is None:
+                raise TokenInvalid(UNKNOWN_TOKEN)
         if token.expires <= self._clock.seconds():
+            self._cache.pop(token_hash, None)
             raise TokenExpired("expired console token: ask the API for a new console URL")
+        self._remember(token)
         return token
 
+    def _remember(self, token: ConsoleToken) -> None:
+        self._cache[token.token_hash] = token
+        self._cache.move_to_end(token.token_hash)
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+    def forget_server(self, server_id: str) -> None:
+        """Drop every cached token of a server (it was deleted, here or on another node)."""
+        self._drop(lambda token: token.server_id == server_id)
+
+    def _drop(self, doomed: Callable[[ConsoleToken], bool]) -> None:
+        for token_hash in [h for h, token in self._cache.items() if doomed(token)]:
+            del self._cache[token_hash]
+
     async def purge(self) -> int:
-        """Delete expired tokens; how many went."""
-        count = await self._store.purge_tokens(self._clock.seconds())
+        """Delete expired tokens (and drop them from the cache); how many went from the database."""
+        now = self._clock.seconds()
+        self._drop(lambda token: token.expires <= now)
+        count = await self._store.purge_tokens(now)
         if count:
             self._log.info("purged {count} expired console tokens", count=count)
         return count

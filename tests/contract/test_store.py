@@ -3,8 +3,8 @@
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from serialproxy.errors import Conflict
-from serialproxy.interfaces import ApiKey, ConsoleLock, ConsoleToken, Hypervisor, Image, IStore, SerialPort, Server
+from serialproxy.errors import Conflict, NotFound
+from serialproxy.interfaces import ApiKey, ConsoleLock, ConsoleToken, Hypervisor, Image, IStore, SerialPort, Server, SessionRecord
 from serialproxy.store import SQLStore
 from serialproxy.testing import MemoryStore, inline_database
 
@@ -204,7 +204,6 @@ class StoreContract:
         self.assertEqual(self.get(self.store.count_unavailable_ports("h1", 10000, 10009)), 2)
 
     def session(self, sid="a", node="n1", expires=30.0):
-        from serialproxy.interfaces import SessionRecord
         record = SessionRecord(sid, "s1", 0, "write", "127.0.0.1:1", "acme", node, 1.0, expires)
         self.get(self.store.add_session(record))
         return record
@@ -225,7 +224,6 @@ class StoreContract:
 
     def test_open_and_close_session(self):
         """Opening takes the lock and records the session at once; a busy console records nothing."""
-        from serialproxy.interfaces import SessionRecord
         self.get(self.store.create_server(_server()))
         first = SessionRecord("a", "s1", 0, "write", "p", "acme", "n1", 1.0, 30.0)
         second = SessionRecord("b", "s1", 0, "write", "p", "acme", "n1", 2.0, 30.0)
@@ -234,9 +232,58 @@ class StoreContract:
         self.assertEqual(self.get(self.store.open_session(second, _lock("b"), 2.0)).session_id, "a")
         self.assertIsNone(self.get(self.store.open_session(spectator, None, 3.0)))
         self.assertEqual([r.id for r in self.get(self.store.list_sessions(3.0))], ["a", "c"])
-        self.get(self.store.close_session("a"))
+        self.get(self.store.close_sessions(["a"]))
         self.assertEqual([r.id for r in self.get(self.store.list_sessions(3.0))], ["c"])
         self.assertIsNone(self.get(self.store.open_session(second, _lock("b"), 4.0)))
+
+    def opened(self, sid, index=0, mode="write"):
+        record = SessionRecord(sid, "s1", index, mode, "p", "acme", "n1", 1.0, 30.0)
+        self.assertIsNone(self.get(self.store.open_session(record, _lock(sid, index=index) if mode == "write" else None, 1.0)))
+        return record
+
+    def test_close_sessions(self):
+        """Many sessions close in one call: their locks are free, their rows gone, others and unknown ids untouched."""
+        self.get(self.store.create_server(_server(ports=(("127.0.0.1", 7000), ("127.0.0.1", 7001)))))
+        self.opened("a", 0)
+        self.opened("b", 1)
+        self.opened("c", 0, "read")
+        self.opened("d", 1, "read")
+        unknown = [f"gone-{i}" for i in range(1200)]  # more than one statement's worth of ids
+        self.get(self.store.close_sessions(unknown[:600] + ["a", "c"] + unknown[600:]))
+        self.get(self.store.close_sessions([]))
+        self.assertEqual([r.id for r in self.get(self.store.list_sessions(2.0))], ["b", "d"])
+        self.assertIsNone(self.get(self.store.acquire_lock(_lock("e", index=0), 2.0)))
+        self.assertEqual(self.get(self.store.acquire_lock(_lock("f", index=1), 2.0)).session_id, "b")
+
+    def test_open_closes_first(self):
+        """An open first closes the sessions it is given: the console they held is free for it."""
+        self.get(self.store.create_server(_server()))
+        self.opened("a")
+        self.opened("c", mode="read")
+        again = SessionRecord("b", "s1", 0, "write", "p", "acme", "n1", 2.0, 30.0)
+        self.assertIsNone(self.get(self.store.open_session(again, _lock("b"), 2.0, ["a", "c"])))
+        self.assertEqual([r.id for r in self.get(self.store.list_sessions(2.0))], ["b"])
+        self.assertEqual(self.get(self.store.acquire_lock(_lock("z"), 2.0)).session_id, "b")
+
+    def test_busy_open_keeps_its_closes(self):
+        """An open refused as busy still closes the sessions it carried."""
+        self.get(self.store.create_server(_server(ports=(("127.0.0.1", 7000), ("127.0.0.1", 7001)))))
+        self.opened("a", 0)
+        self.opened("b", 1)
+        refused = SessionRecord("c", "s1", 1, "write", "p", "acme", "n2", 2.0, 30.0)
+        self.assertEqual(self.get(self.store.open_session(refused, _lock("c", index=1), 2.0, ["a"])).session_id, "b")
+        self.assertEqual([r.id for r in self.get(self.store.list_sessions(2.0))], ["b"])
+        self.assertIsNone(self.get(self.store.acquire_lock(_lock("d", index=0), 2.0)))
+
+    def test_open_on_a_deleted_server(self):
+        """An open for a server that is gone fails with NotFound and writes nothing, not even its closes."""
+        self.get(self.store.create_server(_server()))
+        self.opened("a")
+        orphan = SessionRecord("x", "s9", 0, "write", "p", "acme", "n1", 2.0, 30.0)
+        self.failureResultOf(self.store.open_session(orphan, _lock("x", server_id="s9"), 2.0, ["a"]), NotFound)
+        self.failureResultOf(self.store.open_session(orphan, None, 2.0), NotFound)
+        self.assertEqual([r.id for r in self.get(self.store.list_sessions(2.0))], ["a"])
+        self.assertEqual(self.get(self.store.acquire_lock(_lock("z"), 2.0)).session_id, "a")
 
     def test_purge_sessions(self):
         """Sessions and locks whose lease ran out are purged; live ones stay."""

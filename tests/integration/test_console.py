@@ -221,16 +221,20 @@ class WriterLockTests(IntegrationTestCase):
 
 class RefusalTests(IntegrationTestCase):
     async def test_expired_token(self):
-        """A token past its expiry is refused with 4002."""
+        """A token past its expiry is refused with 4002 (one another node minted: this node looks it up)."""
         node = await start_node(self)
         vm = await start_vm(self, EchoVM)
         _server, url = await node.console_for(vm)
+        secret = "B" * 43
 
-        def expire(cursor, token_hash):
-            return cursor.execute("UPDATE console_tokens SET expires = ? WHERE token_hash = ?", (1.0, token_hash)).rowcount
+        def minted_long_ago(cursor, token_hash, like):  # the same binding as ``like``, expired
+            return cursor.execute(
+                "INSERT INTO console_tokens (token_hash, server_id, port_index, host, port, tenant_id, created, expires, "
+                "key_tenant_id) SELECT ?, server_id, port_index, host, port, tenant_id, 0.0, 1.0, key_tenant_id "
+                "FROM console_tokens WHERE token_hash = ?", (token_hash, like)).rowcount
 
-        self.assertEqual(await node.database.run(expire, hash_secret(token_of(url))), 1)
-        client = await open_console(self, url)
+        self.assertEqual(await node.database.run(minted_long_ago, hash_secret(secret), hash_secret(token_of(url))), 1)
+        client = await open_console(self, url.replace(token_of(url), secret))
         code, reason = await client.closed()
         self.assertEqual(code, CloseCode.TOKEN_EXPIRED)
         self.assertIn("expired", reason)

@@ -11,6 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from serialproxy.api import API, console_url
 from serialproxy.config import load_config
+from serialproxy.errors import TokenInvalid
 from serialproxy.sessions import SessionManager
 from serialproxy.ports import PortAllocator
 from serialproxy.servers import Servers
@@ -32,7 +33,7 @@ class APITestCase(SynchronousTestCase):
         self.store = MemoryStore()
         random = entropy()
         keys = KeyService(self.store, self.clock, random)
-        tokens = TokenService(self.store, self.clock, 600, random)
+        self.tokens = tokens = TokenService(self.store, self.clock, 600, random)
         sessions = SessionManager(self.store, tokens, self.clock, "node", entropy=random)
         config = load_config(None, {"enabled": enabled})
         self.driver = FakeHypervisorDriver()
@@ -174,6 +175,15 @@ class APITests(APITestCase):
         self.assertEqual(self.call("DELETE", f"/v3/servers/{server}", self.other)[0], 404)
         self.assertEqual(self.call("DELETE", f"/v3/servers/{server}", self.acme)[0], 204)
         self.assertEqual(self.call("GET", f"/v3/servers/{server}", self.admin)[0], 404)
+
+    def test_delete_forgets_console_tokens(self):
+        """Deleting a server forgets its console tokens on this node at once, cached or not."""
+        server = self.register()
+        url = self.call("POST", f"/v3/servers/{server}/get-serial-console", self.acme)[1]["serial_console"]["url"]
+        secret = parse_qs(urlsplit(url).query)["token"][0]
+        self.successResultOf(Deferred.fromCoroutine(self.tokens.check(secret)))
+        self.assertEqual(self.call("DELETE", f"/v3/servers/{server}", self.acme)[0], 204)
+        self.failureResultOf(Deferred.fromCoroutine(self.tokens.check(secret)), TokenInvalid)
 
     def test_unknown_route_and_method(self):
         """Unknown paths are a JSON 404; wrong methods a JSON 405 listing the allowed ones."""

@@ -1,10 +1,12 @@
 """Sessions and consoles in memory: writer lock, spectators, scrollback, kicks, leases, timeouts."""
 
 import itertools
+import sqlite3
 
+from attrs import define, field
 from hypothesis import given, strategies as st
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
@@ -12,11 +14,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from serialproxy.bridge import READ_ONLY_NOTICE, IConsoleClient, VMUnreachable
-from serialproxy.errors import BadRequest, CloseCode, ConsoleBusy, NotFound
+from serialproxy.errors import BadRequest, CloseCode, ConsoleBusy, NotFound, TokenInvalid
 from serialproxy.interfaces import SerialPort, Server
 from serialproxy.sessions import SessionManager
 from serialproxy.testing import MemoryStore
-from serialproxy.tokens import TokenService
+from serialproxy.tokens import UNKNOWN_TOKEN, TokenService
 
 
 @implementer(IConsoleClient)
@@ -44,16 +46,47 @@ def entropy():
     return lambda n: next(counter).to_bytes(n, "big")
 
 
+@define
+class SlowStore(MemoryStore):
+    """A MemoryStore that logs the session writes it is asked for, and can hold them in flight or fail them."""
+
+    writes: list = field(factory=list)  # ("open" or "close", the ids of the closed sessions it carries)
+    held: list = field(factory=list)  # a Deferred per held transaction: firing it commits the transaction
+    hold: bool = False
+    failing: bool = False
+
+    def open_session(self, session, lock, now, closed=()):
+        self.writes.append(("open", list(closed)))
+        return self._transaction(lambda: MemoryStore.open_session(self, session, lock, now, closed))
+
+    def close_sessions(self, session_ids):
+        self.writes.append(("close", list(session_ids)))
+        return self._transaction(lambda: MemoryStore.close_sessions(self, session_ids))
+
+    def _transaction(self, commit):
+        if self.failing:
+            return fail(sqlite3.OperationalError("database is locked"))
+        if not self.hold:
+            return commit()
+        d = Deferred()
+        d.addCallback(lambda _: commit())
+        self.held.append(d)
+        return d
+
+
 class SessionTestCase(SynchronousTestCase):
     def setUp(self):
         self.reactor = MemoryReactorClock()
         self.reactor.advance(1000)
-        self.store = MemoryStore()
+        self.store = self.make_store()
         self.server = Server("s1", "vm", "acme", "active", 0.0, (SerialPort(0, "127.0.0.1", 7000),))
         self.successResultOf(self.store.create_server(self.server))
         self.tokens = TokenService(self.store, self.reactor, 600, entropy())
         self.manager = self.make_manager("node-1")
         self.secret = self.successResultOf(Deferred.fromCoroutine(self.tokens.mint(self.server, self.server.serial_ports[0], "acme")))
+
+    def make_store(self):
+        return MemoryStore()
 
     def make_manager(self, node, **options):
         options.setdefault("scrollback_bytes", 16)
@@ -62,10 +95,10 @@ class SessionTestCase(SynchronousTestCase):
     def attach(self, client=None, manager=None, peer="127.0.0.1:5000", mode="write"):
         return Deferred.fromCoroutine((manager or self.manager).attach(client or FakeClient(), self.secret, peer, mode))
 
-    def connect_vm(self, index=-1):
+    def connect_vm(self, index=-1, port=7000):
         """Complete the VM connection the manager asked the reactor for."""
-        host, port, factory, timeout, bind = self.reactor.tcpClients[index]
-        self.assertEqual((host, port), ("127.0.0.1", 7000))
+        host, asked, factory, timeout, bind = self.reactor.tcpClients[index]
+        self.assertEqual((host, asked), ("127.0.0.1", port))
         protocol = factory.buildProtocol(None)
         transport = StringTransport()
         protocol.makeConnection(transport)
@@ -85,6 +118,10 @@ class SessionTestCase(SynchronousTestCase):
 
     def detach(self, session, manager=None):
         self.successResultOf(Deferred.fromCoroutine((manager or self.manager).detach(session)))
+
+    def written(self):
+        """Let the closes queued by now be written (close_delay passes)."""
+        self.reactor.advance(self.manager.close_delay)
 
 
 class WriterTests(SessionTestCase):
@@ -133,6 +170,7 @@ class WriterTests(SessionTestCase):
         client, session, vm, vm_transport = self.attached()
         self.detach(session)
         self.assertTrue(vm_transport.disconnecting)
+        self.written()
         self.assertEqual(self.store.locks, {})
         self.assertEqual(self.store.sessions, {})
         self.attached()
@@ -150,6 +188,7 @@ class WriterTests(SessionTestCase):
         d = self.attach()
         self.reactor.tcpClients[-1][2].clientConnectionFailed(None, Failure(ConnectionRefusedError()))
         self.assertIn("127.0.0.1:7000", str(self.failureResultOf(d, VMUnreachable).value))
+        self.written()
         self.assertEqual((self.store.locks, self.store.sessions), ({}, {}))
 
     def test_close_server(self):
@@ -193,6 +232,7 @@ class SpectatorTests(SessionTestCase):
         self.reactor.tcpClients[-1][2].clientConnectionFailed(None, Failure(ConnectionRefusedError()))
         self.failureResultOf(d1, VMUnreachable)
         self.failureResultOf(d2, VMUnreachable)
+        self.written()
         self.assertEqual((self.store.locks, self.store.sessions), ({}, {}))
 
     def test_spectator_alone(self):
@@ -360,6 +400,7 @@ class TimeoutTests(SessionTestCase):
         self.manager = self.make_manager("node-1", idle_timeout=60, close_on_token_expiry=True)
         writer, session, vm, vm_transport = self.attached()
         self.detach(session)
+        self.written()
         self.assertEqual([c for c in self.reactor.getDelayedCalls() if c.active()], [])
 
 
@@ -392,6 +433,158 @@ class RecordingTests(SessionTestCase):
         output = "".join(e[2] for e in lines[1:] if e[1] == "o")
         self.assertEqual(output.encode(), writer.text)
         self.assertEqual("".join(e[2] for e in lines[1:] if e[1] == "i"), "uptime\r")
+
+
+class WriteBehindTests(SessionTestCase):
+    def make_store(self):
+        return SlowStore()
+
+    def closes(self):
+        return [ids for kind, ids in self.store.writes if kind == "close"]
+
+    def test_written_after_close_delay(self):
+        """Closed sessions keep their rows until close_delay after the first close, then go in one write."""
+        writer, session, vm, vm_transport = self.attached()
+        spectator, watching = self.joined()
+        self.detach(session)
+        self.reactor.advance(self.manager.close_delay / 2)
+        self.detach(watching)
+        self.assertEqual(len(self.store.sessions), 2)
+        self.assertIn(("s1", 0), self.store.locks)
+        self.reactor.advance(self.manager.close_delay / 2)
+        self.assertEqual((self.store.locks, self.store.sessions), ({}, {}))
+        self.assertEqual(self.closes(), [[session.id, watching.id]])
+
+    def test_merged_into_the_next_open(self):
+        """A writer reconnecting at once gets in: its previous session's close rides in the open's transaction."""
+        writer, session, vm, vm_transport = self.attached()
+        self.detach(session)
+        again, successor, vm, vm_transport = self.attached()
+        self.assertEqual(self.store.writes, [("open", []), ("open", [session.id])])
+        self.assertEqual(self.store.locks[("s1", 0)].session_id, successor.id)
+        self.reactor.advance(1)
+        self.assertEqual(self.closes(), [])
+
+    def test_written_before_reading_rows(self):
+        """Listing, kicking, renewing and purging first write the closes queued on this node."""
+        operations = [lambda closed: self.manager.list(), lambda closed: self.manager.renew(),
+                      lambda closed: self.manager.purge(), lambda closed: self.manager.kick("s1", closed.id, "", "admin")]
+        results = []
+        for operation in operations:
+            writer, session, vm, vm_transport = self.attached()
+            self.detach(session)
+            self.assertEqual(len(self.store.sessions), 1)
+            results.append(Deferred.fromCoroutine(operation(session)))
+            self.assertEqual((self.store.locks, self.store.sessions), ({}, {}))
+            self.assertEqual(self.closes()[-1], [session.id])
+        self.assertEqual(self.successResultOf(results[0]), [])
+        self.assertEqual(self.successResultOf(results[1]), 0)
+        self.assertEqual(self.successResultOf(results[2]), 0)
+        self.failureResultOf(results[3], NotFound)  # the kicked session had closed already
+
+    def test_open_waits_for_a_write_in_flight(self):
+        """An open waits for a write of earlier closes in flight, so its own previous lock never refuses it."""
+        writer, session, vm, vm_transport = self.attached()
+        self.detach(session)
+        self.store.hold = True
+        self.written()
+        self.store.hold = False
+        d = self.attach()
+        self.assertEqual(self.store.writes[-1], ("close", [session.id]))  # the open has not started
+        self.store.held.pop().callback(None)
+        self.assertEqual(self.store.writes[-1], ("open", []))
+        self.connect_vm()
+        self.assertEqual(self.store.locks[("s1", 0)].session_id, self.successResultOf(d).id)
+
+    def test_open_waits_only_for_earlier_closes(self):
+        """An open does not wait for closes queued after it began, which another open carries."""
+        writer, session, vm, vm_transport = self.attached()
+        spectator, watching = self.joined()
+        self.detach(session)
+        self.store.hold = True
+        self.written()
+        first, second = self.attach(mode="read"), self.attach(mode="read")  # both wait for that write
+        self.detach(watching)
+        self.store.held.pop(0).callback(None)
+        self.assertEqual(self.store.writes[-2:], [("open", [watching.id]), ("open", [])])
+        for held in self.store.held:
+            held.callback(None)
+        self.connect_vm()
+        self.assertEqual({self.successResultOf(first).id, self.successResultOf(second).id}, set(self.store.sessions))
+
+    def test_close_all_waits_for_the_write(self):
+        """Stopping the lease service waits until the closes of every session are written."""
+        service = self.manager.service()
+        service.startService()
+        writer, session, vm, vm_transport = self.attached()
+        self.store.hold = True
+        stopped = service.stopService()
+        self.assertNoResult(stopped)
+        self.assertEqual(self.closes(), [[session.id]])
+        self.store.held.pop().callback(None)
+        self.successResultOf(stopped)
+        self.assertEqual((self.store.locks, self.store.sessions), ({}, {}))
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_failed_write_retried(self):
+        """A failed write is logged and its closes stay queued: the next write carries them."""
+        writer, session, vm, vm_transport = self.attached()
+        spectator, watching = self.joined()
+        self.detach(session)
+        self.store.failing = True
+        self.written()
+        self.assertEqual(len(self.flushLoggedErrors(sqlite3.OperationalError)), 1)
+        self.assertEqual(len(self.store.sessions), 2)
+        self.store.failing = False
+        self.detach(watching)
+        self.written()
+        self.assertEqual(self.closes(), [[session.id], [session.id, watching.id]])
+        self.assertEqual((self.store.locks, self.store.sessions), ({}, {}))
+
+    def test_failed_open_keeps_its_closes(self):
+        """An open whose transaction fails leaves the closes it carried queued for the next write."""
+        writer, session, vm, vm_transport = self.attached()
+        self.detach(session)
+        self.store.failing = True
+        self.failureResultOf(self.attach(), sqlite3.OperationalError)
+        self.store.failing = False
+        self.successResultOf(Deferred.fromCoroutine(self.manager.renew()))
+        self.assertEqual(self.store.writes[-2:], [("open", [session.id]), ("close", [session.id])])
+        self.assertEqual((self.store.locks, self.store.sessions), ({}, {}))
+
+    def test_queue_is_bounded(self):
+        """Past max_queued_closes, closes are dropped (logged) rather than kept without bound."""
+        self.manager.max_queued_closes = 2
+        writer, session, vm, vm_transport = self.attached()
+        sessions = [session] + [self.joined(peer=f"127.0.0.1:{6000 + i}")[1] for i in range(2)]
+        for each in sessions:
+            self.detach(each)
+        self.written()
+        self.assertEqual(self.closes(), [[sessions[0].id, sessions[1].id]])
+
+
+class RevocationTests(SessionTestCase):
+    def test_server_deleted_elsewhere(self):
+        """A cached token of a server another node deleted is refused by the open, as unknown, and forgotten."""
+        self.successResultOf(self.store.delete_server("s1"))  # another node: this one's cache still has the token
+        failure = self.failureResultOf(self.attach(), TokenInvalid)
+        self.assertEqual(str(failure.value), UNKNOWN_TOKEN)
+        self.assertEqual(self.reactor.tcpClients, [])
+        self.failureResultOf(Deferred.fromCoroutine(self.tokens.check(self.secret)), TokenInvalid)
+
+    def test_refused_open_keeps_its_closes(self):
+        """The closes carried by an open refused for a deleted server are written close_delay later."""
+        other = Server("s2", "vm2", "acme", "active", 0.0, (SerialPort(0, "127.0.0.1", 7001),))
+        self.successResultOf(self.store.create_server(other))
+        secret = self.successResultOf(Deferred.fromCoroutine(self.tokens.mint(other, other.serial_ports[0], "acme")))
+        d = Deferred.fromCoroutine(self.manager.attach(FakeClient(), secret, "127.0.0.1:5000"))
+        self.connect_vm(port=7001)
+        self.detach(self.successResultOf(d))
+        self.successResultOf(self.store.delete_server("s1"))
+        self.failureResultOf(self.attach(), TokenInvalid)
+        self.assertEqual(len(self.store.sessions), 1)
+        self.written()
+        self.assertEqual((self.store.locks, self.store.sessions), ({}, {}))
 
 
 class ScrollbackRingTests(SynchronousTestCase):

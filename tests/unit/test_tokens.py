@@ -3,6 +3,7 @@
 import hashlib
 import itertools
 
+from attrs import define
 from hypothesis import given, strategies as st
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -11,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from serialproxy.errors import TokenExpired, TokenInvalid, Unauthorized
 from serialproxy.interfaces import SerialPort, Server
 from serialproxy.testing import MemoryStore
-from serialproxy.tokens import KeyService, TokenService, hash_secret, new_secret
+from serialproxy.tokens import UNKNOWN_TOKEN, KeyService, TokenService, hash_secret, new_secret
 
 
 def counting_entropy():
@@ -21,17 +22,29 @@ def counting_entropy():
 
 
 SERVER = Server("s1", "vm1", "acme", "active", 0.0, (SerialPort(0, "127.0.0.1", 7000), SerialPort(1, "127.0.0.1", 7001)))
+OTHER = Server("s2", "vm2", "acme", "active", 0.0, (SerialPort(0, "127.0.0.1", 7002),))
+
+
+@define
+class CountingStore(MemoryStore):
+    """A MemoryStore that counts token look-ups."""
+
+    lookups: int = 0
+
+    def find_token(self, token_hash):
+        self.lookups += 1
+        return MemoryStore.find_token(self, token_hash)
 
 
 class TokenServiceTests(SynchronousTestCase):
     def setUp(self):
         self.clock = Clock()
         self.clock.advance(1000)
-        self.store = MemoryStore()
+        self.store = CountingStore()
         self.tokens = TokenService(self.store, self.clock, 600, counting_entropy())
 
-    def mint(self, index=0):
-        return self.successResultOf(Deferred.fromCoroutine(self.tokens.mint(SERVER, SERVER.serial_ports[index])))
+    def mint(self, index=0, server=SERVER, tokens=None):
+        return self.successResultOf(Deferred.fromCoroutine((tokens or self.tokens).mint(server, server.serial_ports[index])))
 
     def check(self, secret):
         return Deferred.fromCoroutine(self.tokens.check(secret))
@@ -74,6 +87,62 @@ class TokenServiceTests(SynchronousTestCase):
         """A well-formed token that was never minted is invalid."""
         failure = self.failureResultOf(self.check(new_secret(counting_entropy())), TokenInvalid)
         self.assertNotIsInstance(failure.value, TokenExpired)
+        self.assertEqual(str(failure.value), UNKNOWN_TOKEN)
+
+    def test_minted_token_checked_from_memory(self):
+        """A token this node minted is checked without asking the database."""
+        secret = self.mint()
+        self.successResultOf(self.check(secret))
+        self.successResultOf(self.check(secret))
+        self.assertEqual(self.store.lookups, 0)
+
+    def test_found_token_kept(self):
+        """A token minted on another node is looked up once, then checked from memory."""
+        secret = self.mint(tokens=TokenService(self.store, self.clock, 600, lambda n: b"\x01" * n))
+        self.successResultOf(self.check(secret))
+        self.successResultOf(self.check(secret))
+        self.assertEqual(self.store.lookups, 1)
+
+    def test_cached_token_still_expires(self):
+        """A cached token is refused as expired once its time is up, and dropped from memory."""
+        secret = self.mint()
+        self.clock.advance(600)
+        self.failureResultOf(self.check(secret), TokenExpired)
+        self.assertEqual(self.store.lookups, 0)
+        self.failureResultOf(self.check(secret), TokenExpired)
+        self.assertEqual(self.store.lookups, 1)
+
+    def test_purge_drops_cached_tokens(self):
+        """Purging drops expired tokens from memory too: the next check asks the database, which has none."""
+        secret = self.mint()
+        self.clock.advance(601)
+        self.successResultOf(Deferred.fromCoroutine(self.tokens.purge()))
+        failure = self.failureResultOf(self.check(secret), TokenInvalid)
+        self.assertNotIsInstance(failure.value, TokenExpired)
+        self.assertEqual(self.store.lookups, 1)
+
+    def test_forget_server(self):
+        """Forgetting a server drops its cached tokens, and only its: once deleted, they are unknown."""
+        mine, other = self.mint(), self.mint(server=OTHER)
+        self.successResultOf(self.store.create_server(SERVER))
+        self.successResultOf(self.store.delete_server("s1"))
+        self.successResultOf(self.check(mine))  # still in memory: the open transaction would refuse it
+        self.tokens.forget_server("s1")
+        self.failureResultOf(self.check(mine), TokenInvalid)
+        self.successResultOf(self.check(other))
+        self.assertEqual(self.store.lookups, 1)
+
+    def test_cache_is_bounded(self):
+        """At most cache_size tokens are kept; the least recently used goes first."""
+        self.tokens.cache_size = 2
+        first, second = self.mint(), self.mint()
+        self.successResultOf(self.check(first))
+        third = self.mint()
+        self.successResultOf(self.check(first))
+        self.successResultOf(self.check(third))
+        self.assertEqual(self.store.lookups, 0)
+        self.successResultOf(self.check(second))
+        self.assertEqual(self.store.lookups, 1)
 
     @given(st.text(max_size=100))
     def test_tampered_token_rejected(self, junk):
