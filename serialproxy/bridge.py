@@ -18,7 +18,7 @@ from collections import deque
 from typing import Callable, ClassVar, Optional
 
 from attrs import define, field
-from twisted.internet import endpoints
+from twisted.internet import endpoints, tcp
 from twisted.internet.error import ConnectError, DNSLookupError, TimeoutError
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
@@ -27,7 +27,7 @@ from zope.interface import Attribute, Interface, implementer
 
 from .errors import CloseCode, SerialProxyError
 
-__all__ = ["Attachment", "Console", "IConsoleClient", "Scrollback", "VMUnreachable", "vm_endpoint"]
+__all__ = ["Attachment", "Console", "IConsoleClient", "Scrollback", "VMUnreachable", "send_now", "vm_endpoint"]
 
 READ_ONLY_NOTICE = b"\r\n[serialproxy: read-only session: what you type is not sent to the VM]\r\n"
 
@@ -60,6 +60,44 @@ def vm_endpoint(reactor, host: str, port: int, timeout: float):
     if address.version == 6:
         return endpoints.TCP6ClientEndpoint(reactor, str(address), port, timeout=timeout)
     return endpoints.TCP4ClientEndpoint(reactor, str(address), port, timeout=timeout)
+
+
+_PLAIN_TCP = (tcp.Server, tcp.Client)
+
+
+def send_now(transport, chunks: tuple) -> None:
+    """``transport.writeSequence(chunks)``, but sent at once when nothing is queued.
+
+    Twisted queues every write and sends it on the reactor's next turn, after
+    asking epoll to watch the socket (and then to stop): per console write,
+    a reactor turn and two system calls, and a copy joining the chunks. When
+    a plain TCP transport has nothing queued, this hands the chunks straight
+    to the kernel in one ``sendmsg`` instead, gathering them without a copy;
+    what the kernel does not take (or any error) goes through the transport
+    as usual, behind nothing, so order, flow control (its producer is paused
+    as before when the rest is queued) and error handling stay Twisted's. TLS
+    and any other transport always take the usual way.
+    See docs/performance.md.
+    """
+    if (type(transport) in _PLAIN_TCP and not transport.TLS and transport.connected and not transport.disconnecting
+            and not transport._writeDisconnected and not transport._tempDataBuffer
+            and transport.offset == len(transport.dataBuffer)):
+        try:
+            sent = transport.socket.sendmsg(chunks)
+        except OSError:  # full (EAGAIN), or broken: Twisted's own write finds out and reports it
+            sent = 0
+        if sent == sum(map(len, chunks)):
+            return
+        transport.write(b"".join(chunks)[sent:])
+        return
+    transport.writeSequence(chunks)
+
+
+def held_bytes(transport) -> Optional[int]:
+    """Bytes a plain TCP transport holds unsent (what send_now reads); None for other transports."""
+    if type(transport) in _PLAIN_TCP and not transport.TLS:
+        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    return None
 
 
 class Scrollback:
@@ -141,7 +179,7 @@ class Attachment:
     lag_limit: int
     bytes_in: int = 0
     bytes_out: int = 0
-    behind: Optional[int] = None  # bytes sent since the transport's buffer filled; None: keeping up
+    behind: Optional[int] = None  # bytes held for it once its transport's buffer filled; None: keeping up
     told_read_only: bool = False
     on_output: Optional[Callable[[bytes], None]] = None
     on_input: Optional[Callable[[bytes], None]] = None
@@ -149,7 +187,11 @@ class Attachment:
     def deliver(self, data: bytes) -> bool:
         """Send VM bytes; False when a spectator fell too far behind (the caller closes it)."""
         if self.behind is not None and not self.writer:
-            self.behind += len(data)
+            # What its transport holds unsent, where Twisted shows it; else
+            # every byte sent since the buffer filled (it may never drain whole
+            # while the VM writes, so this closes sooner).
+            held = held_bytes(self.client.transport)
+            self.behind = held if held is not None else self.behind + len(data)
             if self.behind > self.lag_limit:
                 return False
         self.send(data)
@@ -163,18 +205,9 @@ class Attachment:
             self.on_output(data)
 
 
-# Bytes read from a VM at a time (Twisted reads 64 KiB): a flooding VM costs
-# half the reads and frames. A stalled writer holds at most its transport's
-# 64 KiB pause threshold plus one read before the VM is paused.
-VM_READ_SIZE = 128 * 1024
-
-
 class _VMProtocol(Protocol):
     def __init__(self, console: "Console"):
         self._console = console
-
-    def connectionMade(self) -> None:
-        self.transport.bufferSize = VM_READ_SIZE
 
     def dataReceived(self, data: bytes) -> None:
         self._console.from_vm(data)
@@ -267,7 +300,7 @@ class Console:
             return
         if self.connected:
             attachment.bytes_in += len(data)
-            self._vm.transport.write(data)
+            send_now(self._vm.transport, (data,))
             if attachment.on_input is not None:
                 attachment.on_input(data)
 

@@ -21,7 +21,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from .bridge import IConsoleClient
+from .bridge import IConsoleClient, send_now
 from .errors import CloseCode, SerialProxyError
 
 __all__ = ["ConsoleFactory", "ConsoleProtocol", "origin_allowed", "close_reason"]
@@ -197,11 +197,12 @@ class ConsoleProtocol(WebSocketServerProtocol):
             self.sendMessage(base64.b64encode(data), isBinary=False)
         else:
             # The hot path (see docs/performance.md): one unmasked, uncompressed
-            # binary frame per VM read, its header built here and written with
-            # the payload as a sequence, so the payload is never copied and none
-            # of sendMessage's per-call checks run. Safe because this proxy
-            # never fragments, compresses or queues outgoing messages.
-            self.transport.writeSequence((_binary_header(len(data)), data))
+            # binary frame per VM read, its header built here and sent with
+            # the payload (send_now: one sendmsg when nothing is queued), so the
+            # payload is never copied and none of sendMessage's per-call checks
+            # run. Safe because this proxy never fragments, compresses or
+            # queues outgoing messages.
+            send_now(self.transport, (_binary_header(len(data)), data))
 
     def close(self, code, reason: str) -> None:
         if self.state == self.STATE_OPEN:

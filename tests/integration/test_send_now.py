@@ -1,0 +1,89 @@
+"""send_now on real loopback TCP connections: straight to the kernel when it can, Twisted's queue when it cannot."""
+
+from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import StringTransport
+
+from serialproxy.bridge import held_bytes, send_now
+
+from .helpers import IntegrationTestCase, wait_until, within
+
+
+class _Collector(Protocol):
+    def __init__(self):
+        self.received = bytearray()
+
+    def dataReceived(self, data):
+        self.received += data
+
+
+class _Producer:
+    def __init__(self):
+        self.paused = 0
+
+    def pauseProducing(self):
+        self.paused += 1
+
+    def resumeProducing(self):
+        pass
+
+    def stopProducing(self):
+        pass
+
+
+class SendNowTests(IntegrationTestCase):
+    async def connect(self):
+        """A client transport and the server protocol that reads from it."""
+        accepted = []
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Factory.forProtocol(lambda: accepted.append(_Collector()) or accepted[-1]))
+        self.addCleanup(port.stopListening)
+        client = await within(TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(
+            Factory.forProtocol(Protocol)), "the connection")
+        self.addCleanup(client.transport.abortConnection)
+        await wait_until(lambda: accepted and accepted[0].transport is not None, "the accept")
+        self.addCleanup(accepted[0].transport.abortConnection)
+        return client.transport, accepted[0]
+
+    async def test_nothing_queued_goes_straight_out(self):
+        """With nothing queued the chunks are in the kernel when send_now returns: nothing left in Twisted's buffers."""
+        transport, peer = await self.connect()
+        send_now(transport, (b"head", b"-", b"payload"))
+        self.assertEqual((transport._tempDataBuffer, transport.dataBuffer[transport.offset:]), ([], b""))
+        await wait_until(lambda: bytes(peer.received) == b"head-payload", "the bytes")
+
+    async def test_queued_bytes_keep_their_order(self):
+        """Behind bytes Twisted has queued, send_now queues too: order is kept."""
+        transport, peer = await self.connect()
+        transport.write(b"first,")
+        send_now(transport, (b"second",))
+        self.assertEqual(transport._tempDataBuffer, [b"first,", b"second"])
+        await wait_until(lambda: bytes(peer.received) == b"first,second", "the bytes in order")
+
+    async def test_what_the_kernel_refuses_is_queued_and_pauses_the_producer(self):
+        """A peer that does not read: the kernel takes part, the rest is queued (the producer paused), all arrives in order."""
+        transport, peer = await self.connect()
+        producer = _Producer()
+        transport.registerProducer(producer, True)
+        peer.transport.pauseProducing()
+        data = bytes(range(256)) * (32 * 1024)  # 8 MiB: more than loopback's socket buffers hold
+        send_now(transport, (data[:10], data[10:]))
+        queued = len(b"".join(transport._tempDataBuffer)) + len(transport.dataBuffer) - transport.offset
+        self.assertTrue(0 < queued < len(data), queued)
+        self.assertEqual(held_bytes(transport), queued)
+        self.assertEqual(producer.paused, 1)
+        peer.transport.resumeProducing()
+        await wait_until(lambda: len(peer.received) >= len(data), "8 MiB through", 30)
+        self.assertEqual(bytes(peer.received), data)
+
+    async def test_closing_and_other_transports_take_the_usual_way(self):
+        """A transport that is closing, or is not plain TCP, gets writeSequence."""
+        transport, peer = await self.connect()
+        transport.loseConnection()
+        send_now(transport, (b"late",))
+        self.assertEqual(transport._tempDataBuffer, [b"late"])
+        memory = StringTransport()
+        send_now(memory, (b"a", b"b"))
+        self.assertEqual(memory.value(), b"ab")
+        self.assertIsNone(held_bytes(memory))
