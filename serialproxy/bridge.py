@@ -205,9 +205,18 @@ class Attachment:
             self.on_output(data)
 
 
+# Bytes read from a VM at a time (Twisted's default is 64 KiB): a flooding
+# VM costs half the reads and frames. A stalled writer holds at most its
+# transport's 64 KiB pause threshold plus one read before the VM is paused.
+VM_READ_SIZE = 128 * 1024
+
+
 class _VMProtocol(Protocol):
     def __init__(self, console: "Console"):
         self._console = console
+
+    def connectionMade(self) -> None:
+        self.transport.bufferSize = VM_READ_SIZE
 
     def dataReceived(self, data: bytes) -> None:
         self._console.from_vm(data)

@@ -347,7 +347,7 @@ class DeadClientTests(IntegrationTestCase):
 class SlowSpectatorTests(IntegrationTestCase):
     async def test_slow_spectator_closed_others_keep_up(self):
         """A spectator that stops reading is closed with 4011 while the writer and another spectator keep receiving."""
-        node = await start_node(self, **{"spectator-lag-bytes": "65536"})
+        node = await start_node(self, **{"spectator-lag-bytes": "262144"})
         vm = await start_vm(self, FloodVM)
         _server, url = await node.console_for(vm)
         writer = await open_console(self, url)
