@@ -33,6 +33,7 @@ setup(
         "treq>=23.11",
         "psycopg2-binary>=2.9",
         "libvirt-python>=9.0",
+        "websockets>=12",  # its C apply_mask unmasks console input (docs/performance.md)
     ],
     extras_require={
         "test": ["hypothesis>=6.100", "pytest>=8", "websockets>=12", "PyYAML>=6", "pexpect>=4.8", "playwright>=1.40"],

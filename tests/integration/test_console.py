@@ -67,7 +67,7 @@ class EchoTests(IntegrationTestCase):
         self.assertEqual(node.sessions()[0].attachment.bytes_in, len(data))
 
     async def test_fragmented_messages(self):
-        """A message split into frames reaches the VM whole and in order: binary and text streamed, base64 decoded whole."""
+        """Fragmented messages and control frames amid plain frames reach the VM in order: base64 text decoded whole."""
         node = await start_node(self)
         vm = await start_vm(self, EchoVM)
         _server, url = await node.console_for(vm)
@@ -81,6 +81,10 @@ class EchoTests(IntegrationTestCase):
         client.protocol.sendMessageFrame(b"before the end")
         await wait_until(lambda: client.received.endswith(b"before the end"), "a frame streamed before its message ends")
         client.protocol.endMessage()
+        client.send(b"[")
+        client.protocol.sendPing(b"between")  # a control frame amid plain ones: read by autobahn, in order
+        client.send(b"]")
+        await wait_until(lambda: client.received.endswith(b"[]") and client.pongs == [b"between"], "the echo and the pong")
         await client.close()
 
         client = await open_console(self, url, protocols=["base64"])

@@ -1,0 +1,89 @@
+"""ClientFrames: the console's own reader of plain binary client frames, against frames built by the RFC."""
+
+import struct
+
+from hypothesis import given, settings, strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from serialproxy.websocket import MAX_FRAME, ClientFrames
+
+
+def frame(payload: bytes, mask: bytes = b"\x01\x02\x03\x04", first: int = 0x82, masked: bool = True,
+          long_form: bool = False) -> bytes:
+    """A client frame as RFC 6455 5.2 lays it out (``long_form``: a 64-bit length even when shorter would do)."""
+    length = len(payload)
+    bit = 0x80 if masked else 0
+    if long_form:
+        head = struct.pack("!BBQ", first, bit | 127, length)
+    elif length < 126:
+        head = bytes((first, bit | length))
+    elif length < 65536:
+        head = struct.pack("!BBH", first, bit | 126, length)
+    else:
+        head = struct.pack("!BBQ", first, bit | 127, length)
+    if not masked:
+        return head + payload
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def read(chunks, max_payload: int = MAX_FRAME):
+    """Feed chunks; (what was delivered, what was left to autobahn, idle at the end)."""
+    delivered = []
+    frames = ClientFrames(delivered.append, max_payload)
+    rest = b""
+    for chunk in chunks:
+        if rest:
+            rest += chunk  # once it has given up, the rest is autobahn's
+            continue
+        rest = frames.feed(chunk)
+    return b"".join(delivered), rest, frames.idle
+
+
+def split(data: bytes, cuts) -> list:
+    points = sorted({min(c, len(data)) for c in cuts})
+    return [data[a:b] for a, b in zip([0] + points, points + [len(data)])]
+
+
+_PAYLOADS = st.lists(st.binary(max_size=300) | st.sampled_from([bytes(range(256)) * 200, b"x" * 125, b"y" * 126]),
+                     max_size=6)
+
+
+class ClientFramesTests(SynchronousTestCase):
+    @settings(max_examples=200, deadline=None)
+    @given(_PAYLOADS, st.lists(st.integers(0, 80000), max_size=8), st.binary(min_size=4, max_size=4))
+    def test_payloads_arrive_whole_however_reads_cut_them(self, payloads, cuts, mask):
+        """Any run of plain binary frames, cut anywhere into reads, delivers the payloads in order and nothing else."""
+        stream = b"".join(frame(p, mask) for p in payloads)
+        delivered, rest, idle = read(split(stream, cuts))
+        self.assertEqual(delivered, b"".join(payloads))
+        self.assertEqual(rest, b"")
+        self.assertTrue(idle)
+
+    @settings(max_examples=200, deadline=None)
+    @given(_PAYLOADS, st.sampled_from([
+        frame(b"", first=0x89),                      # ping
+        frame(b"\x03\xe8", first=0x88),              # close
+        frame(b"text", first=0x81),                  # text
+        frame(b"part", first=0x02),                  # binary, not final
+        frame(b"more", first=0x80),                  # continuation
+        frame(b"rsv", first=0xC2),                   # an extension bit
+        frame(b"plain", masked=False),               # unmasked: a protocol error for autobahn to report
+        frame(b"short", long_form=True),             # a length not in its shortest form
+        frame(b"z" * (MAX_FRAME + 1)),               # too big
+    ]), _PAYLOADS, st.lists(st.integers(0, 80000), max_size=8))
+    def test_anything_else_goes_to_autobahn_from_its_first_byte(self, before, other, after, cuts):
+        """At the first frame it does not read, it stops: what came before is delivered, the rest returned intact."""
+        head = b"".join(frame(p) for p in before)
+        tail = other + b"".join(frame(p) for p in after)
+        delivered, rest, _ = read(split(head + tail, cuts))
+        self.assertEqual(delivered, b"".join(before))
+        self.assertEqual(rest, tail)
+
+    def test_idle_only_between_frames(self):
+        """Mid-frame or mid-header it is not idle (autobahn must not read then)."""
+        whole = frame(b"abcdef")
+        frames = ClientFrames(lambda data: None, MAX_FRAME)
+        for cut, idle in ((1, False), (7, False), (len(whole), True)):
+            frames = ClientFrames(lambda data: None, MAX_FRAME)
+            self.assertEqual(frames.feed(whole[:cut]), b"")
+            self.assertEqual(frames.idle, idle)
