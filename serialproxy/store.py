@@ -8,7 +8,7 @@ the database's: the console lock is a primary key, taken with
 
 import json
 
-from attrs import define
+from attrs import define, field
 from zope.interface import implementer
 
 from .database import Database
@@ -330,6 +330,11 @@ class SQLStore:
     """:class:`IStore` on sqlite or PostgreSQL."""
 
     _db: Database
+    # Concurrent opens share transactions (group commit): one round trip for a burst of new sessions.
+    _opens: object = field(init=False, default=None)
+
+    def __attrs_post_init__(self):
+        self._opens = self._db.batched(_open_session_txn, expected=(NotFound,))
 
     def create_key(self, key, key_hash):
         return self._db.run(_create_key_txn, key, key_hash)
@@ -430,7 +435,7 @@ class SQLStore:
         return self._db.run(_mark_ports_foreign_txn, hypervisor_id, ports)
 
     def open_session(self, session, lock, now, closed=()):
-        return self._db.run(_open_session_txn, session, lock, now, closed)
+        return self._opens(session, lock, now, closed)
 
     def close_sessions(self, session_ids):
         return self._db.run(_close_sessions_txn, session_ids)

@@ -1,10 +1,10 @@
-"""Schema migrations on sqlite and PostgreSQL: fresh, older, current, newer."""
+"""Schema migrations on sqlite and PostgreSQL: fresh, older, current, newer; transactions shared by batched calls."""
 
-
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
-from serialproxy.database import Cursor, connect, current_version, migrations, parse_url, upgrade
-from serialproxy.errors import DatabaseError, DatabaseTooNew
+from serialproxy.database import Batched, Cursor, connect, current_version, migrations, parse_url, upgrade
+from serialproxy.errors import DatabaseError, DatabaseTooNew, NotFound
 
 from ..support import postgres_url, sqlite_url
 
@@ -93,3 +93,74 @@ class PostgreSQLMigrationTests(MigrationContract, SynchronousTestCase):
         self.assertIn("***", str(error))
 
 
+
+
+class _Transactions:
+    """Database.run's stand-in: each transaction ends when the test says."""
+
+    def __init__(self):
+        self.pending = []
+
+    def run(self, fn, *args):
+        done = Deferred()
+        self.pending.append((fn, args, done))
+        return done
+
+    def end_next(self):
+        fn, args, done = self.pending.pop(0)
+        try:
+            result = fn(None, *args)
+        except Exception:
+            done.errback()
+        else:
+            done.callback(result)
+
+
+def _work(cursor, value):
+    if value == "gone":
+        raise NotFound("gone")
+    if value == "boom":
+        raise ValueError("boom")
+    return value * 2
+
+
+class BatchedTests(SynchronousTestCase):
+    def setUp(self):
+        self.transactions = _Transactions()
+        self.batched = Batched(self.transactions, _work, (NotFound,))
+
+    def test_calls_in_flight_wait_and_share_the_next_transaction(self):
+        """The first call runs at once; calls made meanwhile go together, in order, each with its own result."""
+        first = self.batched(1)
+        self.assertEqual(len(self.transactions.pending), 1)
+        later = [self.batched(n) for n in (2, 3, 4)]
+        self.assertEqual(len(self.transactions.pending), 1)
+        self.transactions.end_next()
+        self.assertEqual(self.successResultOf(first), 2)
+        self.assertEqual(len(self.transactions.pending), 1)
+        self.assertEqual(self.transactions.pending[0][1][1], [(2,), (3,), (4,)])
+        self.transactions.end_next()
+        self.assertEqual([self.successResultOf(d) for d in later], [4, 6, 8])
+        self.assertEqual(self.transactions.pending, [])
+
+    def test_an_expected_error_fails_its_call_alone(self):
+        """NotFound (raised before writing) fails that call; the others of its transaction succeed."""
+        self.batched(0)
+        calls = [self.batched(v) for v in (1, "gone", 2)]
+        self.transactions.end_next()
+        self.transactions.end_next()
+        self.assertEqual(self.successResultOf(calls[0]), 2)
+        self.failureResultOf(calls[1], NotFound)
+        self.assertEqual(self.successResultOf(calls[2]), 4)
+
+    def test_any_other_error_fails_the_whole_transaction_and_the_next_runs(self):
+        """An unexpected error fails every call of its transaction; calls made meanwhile still get theirs."""
+        self.batched(0)
+        doomed = [self.batched(v) for v in (1, "boom")]
+        self.transactions.end_next()
+        after = self.batched(5)
+        self.transactions.end_next()
+        for d in doomed:
+            self.failureResultOf(d, ValueError)
+        self.transactions.end_next()
+        self.assertEqual(self.successResultOf(after), 10)
