@@ -1,11 +1,12 @@
-"""The wiring's own logic: the open-file limit, and the options of twistd serialproxy."""
+"""The wiring's own logic: the open-file limit, garbage collection, and the options of twistd serialproxy."""
 
+import gc
 import resource
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from serialproxy.config import OPTIONS
-from serialproxy.tap import Options, raise_file_limit
+from serialproxy.tap import GC_YOUNG_THRESHOLD, Options, raise_file_limit, tune_gc
 
 
 class TapTests(SynchronousTestCase):
@@ -18,6 +19,15 @@ class TapTests(SynchronousTestCase):
         limit = raise_file_limit()
         self.assertEqual(resource.getrlimit(resource.RLIMIT_NOFILE)[0], limit)
         self.assertEqual(limit, hard if hard != resource.RLIM_INFINITY else limit)
+
+    def test_gc_tuned(self):
+        """Young collections wait for GC_YOUNG_THRESHOLD new objects; what exists at start is frozen out."""
+        before = gc.get_threshold()
+        self.addCleanup(gc.unfreeze)
+        self.addCleanup(gc.set_threshold, *before)
+        tune_gc()
+        self.assertEqual(gc.get_threshold(), (GC_YOUNG_THRESHOLD, *before[1:]))
+        self.assertGreater(gc.get_freeze_count(), 0)
 
     def test_flags_become_config(self):
         """Flags parse into the frozen Config, overriding defaults."""
