@@ -183,7 +183,17 @@ def _new_sessions(results: dict) -> str:
                 errors.update(x["errors"])
             return text + (f"; errors {dict(errors)})" if errors else ")")
         rows.append([label, *_per_target(results, cell)])
-    return _table(["new sessions/s: median (each round)", *(n for _, n in _TARGETS)], rows)
+    text = _table(["new sessions/s: median (each round)", *(n for _, n in _TARGETS)], rows)
+    floor = [_get(results, "floor", kind, "per_second") for kind in ("new_sequential", "new_parallel")]
+    websockify = [_get(results, "websockify", kind, "per_second") for kind in ("new_sequential", "new_parallel")]
+    if all(floor):
+        text += (f"\n\nFor scale, the floor (`bench/floor.py`: a websocket relay on Twisted's reactor with no token, "
+                 f"database, Origin check, autobahn, logging or flow control) did {_num(floor[0])} / {_num(floor[1])} new "
+                 f"sessions/s (one after another / 16 in parallel) in the same run"
+                 + (f", {_num(_ratio(floor[0], websockify[0]), 1, '×')} / {_num(_ratio(floor[1], websockify[1]), 1, '×')} "
+                    "websockify's" if all(websockify) else "")
+                 + ": the most any design on this reactor and this machine can reach with this load client.")
+    return text
 
 
 def _samples(samples: list) -> str:

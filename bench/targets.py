@@ -23,7 +23,7 @@ from typing import Dict, List, Optional
 
 from procs import Processes, file_limit, tree
 
-__all__ = ["FakeVM", "Serialproxy", "RawTCP", "Websockify", "console_host", "ROOT"]
+__all__ = ["FakeVM", "Floor", "Serialproxy", "RawTCP", "Websockify", "console_host", "ROOT"]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
@@ -90,6 +90,26 @@ class RawTCP:
 
     def targets(self, mode: str, count: int) -> list:
         return [("127.0.0.1", self._vm.ports[mode])] * count
+
+
+class Floor:
+    """bench/floor.py: the least a relay on Twisted's reactor does per session (new sessions only)."""
+
+    name = "Twisted floor"
+    key = "floor"
+
+    def __init__(self, processes: Processes, vm: FakeVM):
+        self.process = processes.start([sys.executable, os.path.join(ROOT, "bench", "floor.py"), str(vm.ports["echo"])],
+                                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+        self._port = int(self.process.stdout.readline())
+
+    def proxy_pids(self, mode: str = "echo") -> List[int]:
+        return [self.process.pid]
+
+    def targets(self, mode: str, count: int) -> list:
+        if mode != "echo":
+            raise ValueError("the floor relays the echo port only")
+        return [f"ws://127.0.0.1:{self._port}/"] * count
 
 
 class Websockify:
