@@ -9,11 +9,9 @@ kicked elsewhere when it next renews its leases. Attach, detach, refusal
 and kick are logged as structured events (``event``, ``session``,
 ``console``, ``peer``, ``actor``, ``reason``). Time and entropy are injected.
 
-Opening a session is one transaction (lock and row). Closing one is written
-behind: the ids of closed sessions are queued and written together, inside
-the next open of this node, or ``close_delay`` seconds after the first was
-queued, or before anything here reads session or lock rows (list, kick,
-renew, purge, shutdown), whichever comes first.
+Opening a session is one transaction (lock and row); closing one is written
+behind (see :mod:`serialproxy.rows`): this manager flushes the closes before
+anything that reads session or lock rows (list, kick, renew, purge, shutdown).
 """
 
 import datetime
@@ -23,12 +21,13 @@ from typing import Callable, ClassVar, Dict, Optional
 from attrs import define, evolve, field
 from twisted.application.internet import TimerService
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from .bridge import Attachment, Console, IConsoleClient, Scrollback, vm_endpoint
 from .errors import BadRequest, CloseCode, ConsoleBusy, NotFound, TokenInvalid
 from .interfaces import ConsoleLock, ConsoleToken, IStore, SessionRecord
+from .rows import SessionRows
 from .tokens import UNKNOWN_TOKEN, TokenService, new_id
 
 __all__ = ["Session", "SessionManager", "LeaseService", "busy_reason", "MODES"]
@@ -76,14 +75,6 @@ class Session:
         return _console_name(self.token)
 
 
-@define(eq=False)
-class _Write:
-    """A transaction carrying queued closes, the first of them numbered ``first``; who waits for its end."""
-
-    first: int
-    waiters: list = field(factory=list)
-
-
 @define
 class SessionManager:
     """The sessions and consoles of this node, and the leases it holds for them."""
@@ -100,17 +91,15 @@ class SessionManager:
     idle_timeout: int = 0
     close_on_token_expiry: bool = False
     recorder: object = None
-    close_delay: float = 0.05
-    max_queued_closes: int = 100000
     _sessions: Dict[str, Session] = field(factory=dict)
     _consoles: Dict[tuple, Console] = field(factory=dict)
     _connecting: Dict[tuple, list] = field(factory=dict)
-    _closed: list = field(factory=list)  # ids of sessions closed here, not yet written; oldest first
-    _closed_from: int = 0  # the number of _closed[0], or less (closes are numbered as they are queued)
-    _closes: int = 0  # how many closes were queued
-    _writes: list = field(factory=list)  # a _Write for each transaction carrying closes now
-    _flush_call: Optional[IDelayedCall] = None
+    rows: SessionRows = field(default=None)  # this node's session writes (made from the store and reactor if not given)
     _log: ClassVar[Logger] = Logger()
+
+    def __attrs_post_init__(self):
+        if self.rows is None:
+            self.rows = SessionRows(self._store, self._reactor)
 
     # attach and detach
 
@@ -125,19 +114,17 @@ class SessionManager:
         lock = ConsoleLock(token.server_id, token.port_index, session_id, self.node, peer, token.tenant_id,
                            now, now + self.lease) if mode == "write" else None
         record = SessionRecord(session_id, token.server_id, token.port_index, mode, peer, tenant, self.node, now, now + self.lease)
-        await self._earlier_closes_written()  # so a lock this node just let go never refuses it
         try:  # one transaction: the queued closes, the lock, the session row
-            holder = await self._write(self._store.open_session, record, lock, now)
+            holder = await self.rows.open(record, lock, now)
         except NotFound:  # the server was deleted (on another node) since its token was cached
             self._tokens.forget_server(token.server_id)
-            self._flush_soon()  # the closes it carried are queued again
             raise TokenInvalid(UNKNOWN_TOKEN) from None
         if holder is not None:  # the client logs the refusal with the reason
             raise ConsoleBusy(busy_reason(holder))
         try:
             console = await self._console(token)
         except BaseException:
-            self._queue_close(session_id)
+            self.rows.close(session_id)
             raise
         attachment = Attachment(session_id, client, mode == "write", self.lag_bytes)
         session = Session(session_id, token, mode, peer, tenant, now, client, console, attachment, lock)
@@ -187,76 +174,10 @@ class SessionManager:
             del self._consoles[key]
         if session.recording is not None:
             session.recording.close()
-        self._queue_close(session.id)
+        self.rows.close(session.id)
         self._log.info("{event}: {peer} from console {console} (session {session}, {bytes_in} bytes in, {bytes_out} out)",
                        event="detach", peer=session.peer, console=session.console_name, session=session.id,
                        bytes_in=session.attachment.bytes_in, bytes_out=session.attachment.bytes_out)
-
-    # closes, written behind
-
-    def _queue_close(self, session_id: str) -> None:
-        """Free the lock and forget the row of a session, within close_delay or with the next open."""
-        if len(self._closed) >= self.max_queued_closes:
-            self._log.error("{count} closed console sessions wait for the database: dropping the close of session "
-                            "{session}; its row goes when its lease runs out, its writer lock (if any) when this node stops",
-                            count=len(self._closed), session=session_id)
-            return
-        self._closed.append(session_id)
-        self._closes += 1
-        self._flush_soon()
-
-    def _flush_soon(self) -> None:
-        if self._closed and self._flush_call is None:
-            self._flush_call = self._reactor.callLater(self.close_delay, self._flush_later)
-
-    def _flush_later(self) -> None:
-        self._flush_call = None
-        Deferred.fromCoroutine(self._flush())  # it logs its own failure
-
-    async def _flush(self) -> None:
-        """Write every close queued so far; a failure is logged and the closes stay queued for the next try."""
-        await self._earlier_closes_written()
-        if not self._closed:
-            return
-        count = len(self._closed)
-        try:
-            await self._write(self._store.close_sessions)
-        except Exception:
-            self._log.failure("writing {count} closed console sessions failed; they stay queued", count=count)
-
-    async def _earlier_closes_written(self) -> None:
-        """Wait for the transactions carrying closes queued before now; the caller writes those still queued."""
-        before = self._closes
-        while True:
-            earlier = [w for w in self._writes if w.first < before]
-            if not earlier:
-                return
-            waiter = Deferred()
-            earlier[0].waiters.append(waiter)
-            await waiter
-
-    async def _write(self, write: Callable, *args):
-        """``write(*args, ids)``: a transaction carrying the queued closes; if it fails, they are queued again."""
-        ids, self._closed = self._closed, []
-        carrying = _Write(self._closed_from)
-        self._closed_from = self._closes
-        if self._flush_call is not None:
-            self._flush_call.cancel()
-            self._flush_call = None
-        if ids:
-            self._writes.append(carrying)
-        try:
-            return await write(*args, ids)
-        except BaseException:
-            if ids:
-                self._closed[:0] = ids
-                self._closed_from = min(self._closed_from, carrying.first)
-            raise
-        finally:
-            if ids:
-                self._writes.remove(carrying)
-                for waiter in carrying.waiters:
-                    waiter.callback(None)
 
     # timers and recording
 
@@ -294,7 +215,7 @@ class SessionManager:
 
     async def list(self, server_id: Optional[str] = None) -> list:
         """Live sessions on every node, with this node's byte counts as of now."""
-        await self._flush()
+        await self.rows.flush()
         records = await self._store.list_sessions(self._reactor.seconds(), server_id)
         local = self._sessions
         return [evolve(r, bytes_in=local[r.id].attachment.bytes_in, bytes_out=local[r.id].attachment.bytes_out)
@@ -302,7 +223,7 @@ class SessionManager:
 
     async def kick(self, server_id: str, session_id: str, reason: str, actor: str) -> SessionRecord:
         """Disconnect a session (on any node) and free its writer lock at once."""
-        await self._flush()
+        await self.rows.flush()
         record = await self._store.kick_session(server_id, session_id, reason, actor, self._reactor.seconds())
         if record is None:
             raise NotFound(f"no live session {session_id!r} on server {server_id!r}")
@@ -328,7 +249,7 @@ class SessionManager:
 
     async def renew(self) -> int:
         """Write queued closes; extend this node's leases, store byte counts, close sessions kicked elsewhere."""
-        await self._flush()
+        await self.rows.flush()
         if not self._sessions:
             return 0
         counters = {s.id: (s.attachment.bytes_in, s.attachment.bytes_out) for s in self._sessions.values()}
@@ -338,7 +259,7 @@ class SessionManager:
 
     async def purge(self) -> int:
         """Forget sessions and locks of nodes that died (their leases ran out); run with the token purge."""
-        await self._flush()
+        await self.rows.flush()
         count = await self._store.purge_sessions(self._reactor.seconds())
         if count:
             self._log.info("forgot {count} console sessions whose node stopped renewing them", count=count)
@@ -350,7 +271,7 @@ class SessionManager:
         for session in sessions:
             session.client.close(CloseCode.GOING_AWAY, reason)
         await DeferredList([Deferred.fromCoroutine(self.detach(s)) for s in sessions])
-        await self._flush()
+        await self.rows.flush()
 
     def service(self) -> "LeaseService":
         return LeaseService(self)

@@ -121,7 +121,7 @@ class SessionTestCase(SynchronousTestCase):
 
     def written(self):
         """Let the closes queued by now be written (close_delay passes)."""
-        self.reactor.advance(self.manager.close_delay)
+        self.reactor.advance(self.manager.rows.close_delay)
 
 
 class WriterTests(SessionTestCase):
@@ -447,11 +447,11 @@ class WriteBehindTests(SessionTestCase):
         writer, session, vm, vm_transport = self.attached()
         spectator, watching = self.joined()
         self.detach(session)
-        self.reactor.advance(self.manager.close_delay / 2)
+        self.reactor.advance(self.manager.rows.close_delay / 2)
         self.detach(watching)
         self.assertEqual(len(self.store.sessions), 2)
         self.assertIn(("s1", 0), self.store.locks)
-        self.reactor.advance(self.manager.close_delay / 2)
+        self.reactor.advance(self.manager.rows.close_delay / 2)
         self.assertEqual((self.store.locks, self.store.sessions), ({}, {}))
         self.assertEqual(self.closes(), [[session.id, watching.id]])
 
@@ -554,7 +554,7 @@ class WriteBehindTests(SessionTestCase):
 
     def test_queue_is_bounded(self):
         """Past max_queued_closes, closes are dropped (logged) rather than kept without bound."""
-        self.manager.max_queued_closes = 2
+        self.manager.rows.max_queued_closes = 2
         writer, session, vm, vm_transport = self.attached()
         sessions = [session] + [self.joined(peer=f"127.0.0.1:{6000 + i}")[1] for i in range(2)]
         for each in sessions:
