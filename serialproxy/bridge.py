@@ -44,8 +44,15 @@ class IConsoleClient(Interface):
 
     transport = Attribute("The client's transport: a consumer and a push producer.")
 
-    def send(data):
-        """Send bytes from the VM to the client."""
+    def send(data, eager=False):
+        """Send bytes from the VM to the client.
+
+        ``eager``: it is the only session on its console, so the bytes may go
+        straight to the kernel (:func:`send_now`); with others on the console
+        every client's bytes take its transport's queue, which the reactor
+        drains by turns, so that a spectator keeping up with the writer is
+        not left behind by the writer's eager writes.
+        """
 
     def close(code, reason):
         """Close the client with a close code and a reason a person can read."""
@@ -184,7 +191,7 @@ class Attachment:
     on_output: Optional[Callable[[bytes], None]] = None
     on_input: Optional[Callable[[bytes], None]] = None
 
-    def deliver(self, data: bytes) -> bool:
+    def deliver(self, data: bytes, eager: bool = False) -> bool:
         """Send VM bytes; False when a spectator fell too far behind (the caller closes it)."""
         if self.behind is not None and not self.writer:
             # What its transport holds unsent, where Twisted shows it; else
@@ -194,13 +201,13 @@ class Attachment:
             self.behind = held if held is not None else self.behind + len(data)
             if self.behind > self.lag_limit:
                 return False
-        self.send(data)
+        self.send(data, eager)
         return True
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes, eager: bool = False) -> None:
         """Send bytes to the client, counted and recorded."""
         self.bytes_out += len(data)
-        self.client.send(data)
+        self.client.send(data, eager)
         if self.on_output is not None:
             self.on_output(data)
 
@@ -297,8 +304,9 @@ class Console:
 
     def from_vm(self, data: bytes) -> None:
         self.scrollback.append(data)
+        eager = len(self._attachments) == 1  # see IConsoleClient.send
         for attachment in list(self._attachments.values()):
-            if not attachment.deliver(data):
+            if not attachment.deliver(data, eager):
                 attachment.client.close(CloseCode.TOO_SLOW, f"read-only session fell more than {attachment.lag_limit} bytes behind the VM's output; reconnect")
 
     def from_client(self, attachment: Attachment, data: bytes) -> None:

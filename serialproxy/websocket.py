@@ -270,19 +270,23 @@ class ConsoleProtocol(WebSocketServerProtocol):
 
     # IConsoleClient
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes, eager: bool = False) -> None:
         if self.state != self.STATE_OPEN:
             return  # closing: the VM's last bytes have nowhere to go
         if self._base64:
             self.sendMessage(base64.b64encode(data), isBinary=False)
+            return
+        # The hot path (see docs/performance.md): one unmasked, uncompressed
+        # binary frame per VM read, its header built here and written with the
+        # payload (eager: one sendmsg when nothing is queued), so the payload is
+        # never copied and none of sendMessage's per-call checks run. Safe
+        # because this proxy never fragments, compresses or queues outgoing
+        # messages.
+        chunks = (_binary_header(len(data)), data)
+        if eager:
+            send_now(self.transport, chunks)
         else:
-            # The hot path (see docs/performance.md): one unmasked, uncompressed
-            # binary frame per VM read, its header built here and sent with
-            # the payload (send_now: one sendmsg when nothing is queued), so the
-            # payload is never copied and none of sendMessage's per-call checks
-            # run. Safe because this proxy never fragments, compresses or
-            # queues outgoing messages.
-            send_now(self.transport, (_binary_header(len(data)), data))
+            self.transport.writeSequence(chunks)
 
     def close(self, code, reason: str) -> None:
         if self.state == self.STATE_OPEN:

@@ -248,7 +248,7 @@ class _Client:
         self.received = b""
         self.closed = []
 
-    def send(self, data):
+    def send(self, data, eager=False):
         self.received += data
 
     def close(self, code, reason):

@@ -28,10 +28,12 @@ class FakeClient:
     def __init__(self):
         self.transport = StringTransport()
         self.received = []
+        self.eager = []  # the eager flag of each send
         self.closed = None
 
-    def send(self, data):
+    def send(self, data, eager=False):
         self.received.append(data)
+        self.eager.append(eager)
 
     def close(self, code, reason):
         self.closed = (code, reason)
@@ -199,6 +201,15 @@ class WriterTests(SessionTestCase):
 
 
 class SpectatorTests(SessionTestCase):
+    def test_eager_only_when_alone(self):
+        """VM output may go straight to the kernel only for the only session on a console (IConsoleClient.send)."""
+        writer, session, vm, vm_transport = self.attached()
+        vm.dataReceived(b"alone")
+        spectator, _ = self.joined()
+        vm.dataReceived(b"together")
+        self.assertEqual(writer.eager, [True, False])
+        self.assertEqual(spectator.eager[-1], False)
+
     def test_spectators_see_output_and_cannot_type(self):
         """Spectators get the VM's output live; their input is dropped, and they are told once."""
         writer, session, vm, vm_transport = self.attached()
