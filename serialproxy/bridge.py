@@ -69,7 +69,9 @@ def vm_endpoint(reactor, host: str, port: int, timeout: float):
     return endpoints.TCP4ClientEndpoint(reactor, str(address), port, timeout=timeout)
 
 
-_PLAIN_TCP = (tcp.Server, tcp.Client)
+def _plain_tcp(transport) -> bool:
+    """A plain (not TLS) TCP transport of Twisted's, whose socket and buffers send_now and held_bytes use."""
+    return type(transport) in (tcp.Server, tcp.Client) and not transport.TLS
 
 
 def send_now(transport, chunks: tuple) -> None:
@@ -86,7 +88,7 @@ def send_now(transport, chunks: tuple) -> None:
     and any other transport always take the usual way.
     See docs/performance.md.
     """
-    if (type(transport) in _PLAIN_TCP and not transport.TLS and transport.connected and not transport.disconnecting
+    if (_plain_tcp(transport) and transport.connected and not transport.disconnecting
             and not transport._writeDisconnected and not transport._tempDataBuffer
             and transport.offset == len(transport.dataBuffer)):
         try:
@@ -102,7 +104,7 @@ def send_now(transport, chunks: tuple) -> None:
 
 def held_bytes(transport) -> Optional[int]:
     """Bytes a plain TCP transport holds unsent (what send_now reads); None for other transports."""
-    if type(transport) in _PLAIN_TCP and not transport.TLS:
+    if _plain_tcp(transport):
         return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
     return None
 

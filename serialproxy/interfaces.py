@@ -238,9 +238,6 @@ class IStore(Interface):
     def add_session(session: SessionRecord):
         """Record a new session."""
 
-    def remove_session(session_id: str):
-        """Forget a session (it ended)."""
-
     def list_sessions(now: float, server_id: Optional[str] = None):
         """Live sessions (lease not expired), of one server or all, oldest first."""
 

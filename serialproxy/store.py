@@ -246,10 +246,6 @@ def _add_session_txn(cursor, session):
                     session.kick_reason, session.kicked_by))
 
 
-def _remove_session_txn(cursor, session_id):
-    cursor.execute("DELETE FROM console_sessions WHERE id = ?", (session_id,))
-
-
 def _open_session_txn(cursor, session, lock, now, closed):
     if not cursor.execute("SELECT id FROM servers WHERE id = ?", (session.server_id,)).fetchone():
         raise NotFound(f"server {session.server_id} is gone")
@@ -442,9 +438,6 @@ class SQLStore:
 
     def add_session(self, session):
         return self._db.run(_add_session_txn, session)
-
-    def remove_session(self, session_id):
-        return self._db.run(_remove_session_txn, session_id)
 
     def list_sessions(self, now, server_id=None):
         return self._db.run(_list_sessions_txn, now, server_id)

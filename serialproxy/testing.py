@@ -214,10 +214,6 @@ class MemoryStore:
         self.sessions[session.id] = session
         return succeed(None)
 
-    def remove_session(self, session_id):
-        self.sessions.pop(session_id, None)
-        return succeed(None)
-
     def list_sessions(self, now, server_id=None):
         found = [r for r in self.sessions.values()
                  if r.expires >= now and r.kick_reason is None and server_id in (None, r.server_id)]

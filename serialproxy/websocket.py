@@ -22,12 +22,12 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from .bridge import IConsoleClient, send_now
+from .errors import CloseCode, SerialProxyError
 
 try:  # websockets' C unmasking (SSE2); without it autobahn reads every frame
     from websockets.speedups import apply_mask
 except ImportError:  # pragma: no cover - websockets ships it in its wheels
     apply_mask = None
-from .errors import CloseCode, SerialProxyError
 
 __all__ = ["ConsoleFactory", "ConsoleProtocol", "origin_allowed", "close_reason"]
 
@@ -235,9 +235,13 @@ class ConsoleProtocol(WebSocketServerProtocol):
             super().onMessageEnd()
 
     def onMessage(self, payload, isBinary):
-        data = self._decode_text(payload)
-        if data is not None:
-            self._input(data)
+        # Only base64 text gets here: everything else is streamed.
+        try:
+            data = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            self.close(CloseCode.BAD_REQUEST, "bad base64 in a text frame of the base64 subprotocol")
+            return
+        self._input(data)
 
     def _input(self, data: bytes) -> None:
         try:
@@ -251,15 +255,6 @@ class ConsoleProtocol(WebSocketServerProtocol):
                     self._pending.append(data)
         except Exception:
             self._log.failure("handling console input failed")
-
-    def _decode_text(self, payload: bytes) -> Optional[bytes]:
-        if not self._base64:
-            return payload
-        try:
-            return base64.b64decode(payload, validate=True)
-        except (binascii.Error, ValueError):
-            self.close(CloseCode.BAD_REQUEST, "bad base64 in a text frame of the base64 subprotocol")
-            return None
 
     def onClose(self, wasClean, code, reason):
         self._gone = True

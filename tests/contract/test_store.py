@@ -219,7 +219,7 @@ class StoreContract:
         self.assertEqual(self.get(self.store.renew_sessions("n1", 100.0, {"a": (3, 4), "b": (9, 9)})), [])
         renewed = self.get(self.store.list_sessions(50.0))
         self.assertEqual([(r.id, r.bytes_in, r.bytes_out) for r in renewed], [("a", 3, 4)])
-        self.get(self.store.remove_session("a"))
+        self.get(self.store.close_sessions(["a"]))
         self.assertEqual([r.id for r in self.get(self.store.list_sessions(0.0))], ["b"])
 
     def test_open_and_close_session(self):
