@@ -289,15 +289,12 @@ class Console:
         self._vm.transport.resumeProducing()
 
     def detach(self, attachment: Attachment) -> bool:
-        """Leave; True when nobody is attached any more (the VM connection is then closed)."""
+        """Leave; True when nobody is attached any more (the caller then closes or keeps the VM connection)."""
         if self._attachments.pop(attachment.id, None) is None:
             return not self._attachments
         if attachment is self._writer and self._vm is not None and self._vm.transport is not None:
             self._demote_writer()
-        if not self._attachments:
-            self.close()
-            return True
-        return False
+        return not self._attachments
 
     def close(self) -> None:
         self._lost = True

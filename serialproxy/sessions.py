@@ -16,12 +16,14 @@ anything that reads session or lock rows (list, kick, renew, purge, shutdown).
 
 import datetime
 import os
+import resource
+from collections import OrderedDict
 from typing import Callable, ClassVar, Dict, Optional
 
 from attrs import define, evolve, field
 from twisted.application.internet import TimerService
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from .bridge import Attachment, Console, IConsoleClient, Scrollback, vm_endpoint
@@ -92,14 +94,20 @@ class SessionManager:
     close_on_token_expiry: bool = False
     recorder: object = None
     _sessions: Dict[str, Session] = field(factory=dict)
+    linger: float = 0.0  # seconds a console stays connected after its last session leaves (console_linger)
+    max_lingering: int = 1024  # consoles kept connected with nobody attached, at most
+    file_budget: Optional[int] = None  # open files this node may use for sockets (default: its soft limit - 64)
     _consoles: Dict[tuple, Console] = field(factory=dict)
     _connecting: Dict[tuple, list] = field(factory=dict)
+    _lingering: "OrderedDict[tuple, IDelayedCall]" = field(factory=OrderedDict)  # console key -> its closing; oldest first
     rows: SessionRows = field(default=None)  # this node's session writes (made from the store and reactor if not given)
     _log: ClassVar[Logger] = Logger()
 
     def __attrs_post_init__(self):
         if self.rows is None:
             self.rows = SessionRows(self._store, self._reactor)
+        if self.file_budget is None:
+            self.file_budget = max(0, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 64)
 
     # attach and detach
 
@@ -144,8 +152,11 @@ class SessionManager:
             waiter = Deferred()
             self._connecting[key].append(waiter)
             return await waiter
+        if key in self._lingering:
+            self._lingering.pop(key).cancel()
         if console is not None and console.connected:
             return console
+        self._make_room()
         console = Console(_console_name(token), Scrollback(self.scrollback_bytes))
         self._consoles[key] = console
         self._connecting[key] = []
@@ -169,15 +180,56 @@ class SessionManager:
         for timer in session.timers:
             if timer.active():
                 timer.cancel()
-        key = (session.token.server_id, session.token.port_index)
-        if session.console.detach(session.attachment) and self._consoles.get(key) is session.console:
-            del self._consoles[key]
+        if session.console.detach(session.attachment):
+            self._release((session.token.server_id, session.token.port_index), session.console)
         if session.recording is not None:
             session.recording.close()
         self.rows.close(session.id)
         self._log.info("{event}: {peer} from console {console} (session {session}, {bytes_in} bytes in, {bytes_out} out)",
                        event="detach", peer=session.peer, console=session.console_name, session=session.id,
                        bytes_in=session.attachment.bytes_in, bytes_out=session.attachment.bytes_out)
+
+    # consoles nobody is attached to
+
+    def _release(self, key: tuple, console: Console) -> None:
+        """The last session left ``console``: keep it connected ``linger`` seconds for the next one, or close it.
+
+        A page reload or a quick reconnect then finds the scrollback, with what
+        the VM printed meanwhile, and no new VM connection is made. Only while
+        the node has files to spare (see _make_room) and at most max_lingering
+        consoles at a time, the oldest closed first.
+        """
+        if (self.linger <= 0 or self._consoles.get(key) is not console or not console.connected
+                or len(self._sessions) + len(self._consoles) >= self._spare_files()):
+            self._close_console(key, console)
+            return
+        if len(self._lingering) >= self.max_lingering:
+            self._stop_lingering(next(iter(self._lingering)))
+        self._lingering[key] = self._reactor.callLater(self.linger, self._linger_over, key)
+
+    def _spare_files(self) -> int:
+        """Sockets (sessions plus consoles) above which no console lingers: nine tenths of the budget."""
+        return self.file_budget * 9 // 10
+
+    def _make_room(self) -> None:
+        """Before a new VM connection: close lingering consoles, oldest first, while files run short."""
+        while self._lingering and len(self._sessions) + len(self._consoles) >= self._spare_files():
+            self._stop_lingering(next(iter(self._lingering)))
+
+    def _linger_over(self, key: tuple) -> None:
+        del self._lingering[key]
+        self._close_console(key, self._consoles.get(key))
+
+    def _stop_lingering(self, key: tuple) -> None:
+        self._lingering.pop(key).cancel()
+        self._close_console(key, self._consoles.get(key))
+
+    def _close_console(self, key: tuple, console: Optional[Console]) -> None:
+        if console is None:
+            return
+        console.close()
+        if self._consoles.get(key) is console:
+            del self._consoles[key]
 
     # timers and recording
 
@@ -243,6 +295,8 @@ class SessionManager:
         doomed = [s for s in self._sessions.values() if s.token.server_id == server_id]
         for session in doomed:
             session.client.close(code, reason)
+        for key in [k for k in self._lingering if k[0] == server_id]:
+            self._stop_lingering(key)
         return len(doomed)
 
     # leases
@@ -271,6 +325,8 @@ class SessionManager:
         for session in sessions:
             session.client.close(CloseCode.GOING_AWAY, reason)
         await DeferredList([Deferred.fromCoroutine(self.detach(s)) for s in sessions])
+        for key in list(self._lingering):
+            self._stop_lingering(key)
         await self.rows.flush()
 
     def service(self) -> "LeaseService":

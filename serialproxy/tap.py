@@ -197,7 +197,8 @@ def build_service(config: Config, reactor, entropy=os.urandom, database: Databas
         recorder.setServiceParent(top)
     sessions = SessionManager(store, tokens, reactor, node, entropy=entropy, scrollback_bytes=config.scrollback_bytes,
                               lag_bytes=config.spectator_lag_bytes, idle_timeout=config.idle_timeout,
-                              close_on_token_expiry=config.close_on_token_expiry, recorder=recorder)
+                              close_on_token_expiry=config.close_on_token_expiry, recorder=recorder,
+                              linger=config.console_linger)
     sessions.service().setServiceParent(top)
     purge = TimerService(TOKEN_PURGE_INTERVAL, _purge, tokens, sessions)
     purge.clock = reactor

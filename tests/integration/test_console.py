@@ -91,8 +91,10 @@ class EchoTests(IntegrationTestCase):
         data = bytes(range(256)) * 3
         text = base64.b64encode(data)
         client.send_fragmented([text[:5], text[5:501], text[501:]], binary=False)  # pieces that are not base64 on their own
-        await wait_until(lambda: sum(len(base64.b64decode(t)) for t in client.texts) >= len(data), "the base64 echo")
-        self.assertEqual(b"".join(base64.b64decode(t) for t in client.texts), data)
+        # The console lingered: this session is first shown the last one's output (the scrollback), then the echo.
+        decoded = lambda: b"".join(base64.b64decode(t) for t in client.texts)  # noqa: E731
+        await wait_until(lambda: decoded().endswith(data), "the base64 echo")
+        self.assertEqual(decoded(), expected + b"before the end[]" + data)
 
 
 class BulkTests(IntegrationTestCase):

@@ -303,6 +303,34 @@ class ScrollbackTests(IntegrationTestCase):
         self.assertEqual(len(vm.connections), 1)
 
 
+class LingerTests(IntegrationTestCase):
+    async def test_reconnect_finds_the_console_as_it_was(self):
+        """A writer that reconnects within console_linger gets the same VM connection and the scrollback."""
+        node = await start_node(self, **{"console-linger": "30"})
+        vm = await start_vm(self, EchoVM)
+        _server, url = await node.console_for(vm)
+        first = await open_console(self, url)
+        await first.echo(b"before the reload\r\n")
+        await first.close()
+        await wait_until(lambda: not node.sessions(), "the first session to go")
+        self.assertFalse(vm.connections[0].lost, "the VM connection lingers")
+        second = await open_console(self, url)
+        await second.wait_for_bytes(19)
+        self.assertEqual(bytes(second.received), b"before the reload\r\n")
+        await second.echo(b"after")
+        self.assertEqual(len(vm.connections), 1)
+
+    async def test_closed_at_once_without_linger(self):
+        """With console_linger 0 the VM connection closes when the last session leaves."""
+        node = await start_node(self, **{"console-linger": "0"})
+        vm = await start_vm(self, EchoVM)
+        _server, url = await node.console_for(vm)
+        client = await open_console(self, url)
+        await client.echo(b"x")
+        await client.close()
+        await wait_until(lambda: vm.connections[0].lost, "the VM side to close")
+
+
 class DeadClientTests(IntegrationTestCase):
     async def test_frozen_writer_dropped_by_pings(self):
         """A writer that stops reading never answers pings: it is dropped, and a new writer attaches."""

@@ -304,6 +304,97 @@ class ScrollbackTests(SessionTestCase):
         self.assertEqual(client.received, [])
 
 
+class LingerTests(SessionTestCase):
+    """A console stays connected ``linger`` seconds after its last session leaves (config console_linger)."""
+
+    def setUp(self):
+        super().setUp()
+        self.manager = self.make_manager("node-1", linger=5.0)
+
+    def console(self, index):
+        """A secret for another server's console, on VM port 7000 + index."""
+        server = Server(f"server-{index}", "vm", "acme", "active", 0.0, (SerialPort(0, "127.0.0.1", 7000 + index),))
+        self.successResultOf(self.store.create_server(server))
+        return self.successResultOf(Deferred.fromCoroutine(self.tokens.mint(server, server.serial_ports[0], "acme")))
+
+    def attach_to(self, secret, port):
+        client = FakeClient()
+        d = Deferred.fromCoroutine(self.manager.attach(client, secret, "127.0.0.1:5000", "write"))
+        vm, vm_transport = self.connect_vm(port=port)
+        return client, self.successResultOf(d), vm, vm_transport
+
+    def test_reconnect_reuses_the_connection_and_sees_what_was_printed(self):
+        """Within the linger time a new session gets the same VM connection and the scrollback, output meanwhile included."""
+        writer, session, vm, vm_transport = self.attached()
+        vm.dataReceived(b"login: ")
+        self.detach(session)
+        vm.dataReceived(b"bye")  # printed while nobody is attached
+        self.reactor.advance(4.9)
+        self.assertFalse(vm_transport.disconnecting)
+        again, session = self.joined(mode="write")
+        self.assertEqual(len(self.reactor.tcpClients), 1, "no new VM connection")
+        self.assertEqual(again.text, b"login: bye")
+        self.manager.from_client(session, b"root\r")
+        self.assertEqual(vm_transport.value(), b"root\r", "the new writer drives the VM")
+        self.reactor.advance(10)
+        self.assertFalse(vm_transport.disconnecting, "the linger timer was cancelled by the reconnect")
+
+    def test_closed_when_the_time_is_up(self):
+        """Nobody came back: the VM connection closes after linger seconds, and the next session dials anew."""
+        writer, session, vm, vm_transport = self.attached()
+        vm.dataReceived(b"secret")
+        self.detach(session)
+        self.reactor.advance(5)
+        self.assertTrue(vm_transport.disconnecting)
+        client, session, vm, vm_transport = self.attached()
+        self.assertEqual((len(self.reactor.tcpClients), client.received), (2, []))
+
+    def test_vm_lost_while_lingering(self):
+        """A VM that closes while its console lingers is dialled again by the next session."""
+        writer, session, vm, vm_transport = self.attached()
+        self.detach(session)
+        vm.connectionLost(Failure(ConnectionDone()))
+        client, session, vm, vm_transport = self.attached()
+        self.assertEqual(len(self.reactor.tcpClients), 2)
+        self.reactor.advance(10)
+        self.assertFalse(vm_transport.disconnecting, "the old console's linger timer is gone with it")
+
+    def test_oldest_closes_first_past_max_lingering(self):
+        """At most max_lingering consoles linger: another one closes the oldest."""
+        self.manager.max_lingering = 1
+        first = self.attach_to(self.console(1), 7001)
+        second = self.attach_to(self.console(2), 7002)
+        self.detach(first[1])
+        self.detach(second[1])
+        self.assertTrue(first[3].disconnecting)
+        self.assertFalse(second[3].disconnecting)
+
+    def test_none_when_files_run_short(self):
+        """No console lingers past nine tenths of the file budget, and lingering ones make room for new connections."""
+        self.manager.file_budget = 3  # room for 2 sockets before consoles stop lingering
+        a = self.attach_to(self.console(1), 7001)
+        self.detach(a[1])
+        self.assertFalse(a[3].disconnecting, "room to spare: it lingers")
+        b = self.attach_to(self.console(2), 7002)
+        self.assertFalse(a[3].disconnecting)
+        c = self.attach_to(self.console(3), 7003)
+        self.assertTrue(a[3].disconnecting, "closed to make room for a new VM connection")
+        self.detach(b[1])
+        self.assertTrue(b[3].disconnecting, "no room to linger")
+
+    def test_server_closed_or_node_stopping_ends_lingering(self):
+        """Deleting the server, or stopping the node, closes its lingering consoles at once."""
+        writer, session, vm, vm_transport = self.attached()
+        self.detach(session)
+        self.assertEqual(self.manager.close_server("s1", CloseCode.SERVER_GONE, "deleted"), 0)
+        self.assertTrue(vm_transport.disconnecting)
+        other = self.attach_to(self.console(1), 7001)
+        self.detach(other[1])
+        self.successResultOf(Deferred.fromCoroutine(self.manager.close_all()))
+        self.assertTrue(other[3].disconnecting)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+
 class KickTests(SessionTestCase):
     def test_kick_local(self):
         """A kick closes the session with 4010 and the kicker's reason, and frees the lock at once."""
