@@ -140,8 +140,12 @@ class SessionManager:
         self._start_recording(session)
         console.attach(attachment)
         self._start_timers(session)
-        self._log.info("{event}: {peer} on console {console} as {mode} (session {session}, tenant {tenant})",
-                       event="attach", peer=peer, console=session.console_name, mode=mode, session=session_id, tenant=tenant)
+        # The line is formatted here by an f-string, not field by field by the
+        # log observer (a tenth of a new session's CPU went to these two
+        # events); the fields stay in the event for structured observers.
+        console_name = session.console_name
+        self._log.info("attach: {text}", text=f"{peer} on console {console_name} as {mode} (session {session_id}, tenant {tenant})",
+                       event="attach", peer=peer, console=console_name, mode=mode, session=session_id, tenant=tenant)
         return session
 
     async def _console(self, token: ConsoleToken) -> Console:
@@ -185,9 +189,9 @@ class SessionManager:
         if session.recording is not None:
             session.recording.close()
         self.rows.close(session.id)
-        self._log.info("{event}: {peer} from console {console} (session {session}, {bytes_in} bytes in, {bytes_out} out)",
-                       event="detach", peer=session.peer, console=session.console_name, session=session.id,
-                       bytes_in=session.attachment.bytes_in, bytes_out=session.attachment.bytes_out)
+        console_name, bytes_in, bytes_out = session.console_name, session.attachment.bytes_in, session.attachment.bytes_out
+        self._log.info("detach: {text}", text=f"{session.peer} from console {console_name} (session {session.id}, {bytes_in} bytes in, {bytes_out} out)",
+                       event="detach", peer=session.peer, console=console_name, session=session.id, bytes_in=bytes_in, bytes_out=bytes_out)
 
     # consoles nobody is attached to
 

@@ -135,17 +135,16 @@ def _purge_tokens_txn(cursor, now):
 
 
 def _acquire_lock_txn(cursor, lock, now):
-    cursor.execute(
-        "DELETE FROM console_locks WHERE server_id = ? AND port_index = ? AND expires < ?",
-        (lock.server_id, lock.port_index, now),
-    )
-    inserted = cursor.execute(
+    # One statement: a new lock, or one whose lease ran out (its node died) taken over.
+    taken = cursor.execute(
         f"INSERT INTO console_locks ({_LOCK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-        "ON CONFLICT DO NOTHING",
+        "ON CONFLICT (server_id, port_index) DO UPDATE SET session_id = excluded.session_id, node = excluded.node, "
+        "peer = excluded.peer, tenant_id = excluded.tenant_id, since = excluded.since, expires = excluded.expires "
+        "WHERE console_locks.expires < ?",
         (lock.server_id, lock.port_index, lock.session_id, lock.node, lock.peer,
-         lock.tenant_id, lock.since, lock.expires),
+         lock.tenant_id, lock.since, lock.expires, now),
     ).rowcount
-    if inserted == 1:
+    if taken == 1:
         return None
     row = cursor.execute(
         f"SELECT {_LOCK_COLUMNS} FROM console_locks WHERE server_id = ? AND port_index = ?",

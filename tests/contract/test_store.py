@@ -118,6 +118,8 @@ class StoreContract:
         self.get(self.store.acquire_lock(_lock("a", expires=30.0), 0.0))
         self.assertIsNotNone(self.get(self.store.acquire_lock(_lock("b", expires=60.0), 29.0)))
         self.assertIsNone(self.get(self.store.acquire_lock(_lock("b", since=31.0, expires=61.0), 31.0)))
+        held = self.get(self.store.acquire_lock(_lock("c", node="n2", since=32.0, expires=62.0), 32.0))
+        self.assertEqual(held, _lock("b", since=31.0, expires=61.0), "the taker holds the lock, all of it its own")
 
     def test_renew_extends_only_own_leases(self):
         """Renewing moves the expiry of one node's locks and no other's."""

@@ -9,6 +9,7 @@ from hypothesis import given, strategies as st
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -302,6 +303,23 @@ class ScrollbackTests(SessionTestCase):
         self.detach(session)
         client, session, vm, vm_transport = self.attached()
         self.assertEqual(client.received, [])
+
+
+class EventTests(SessionTestCase):
+    def test_attach_and_detach_are_logged(self):
+        """Attach and detach are structured events (docs/sessions.md) whose text names the session."""
+        with capturedLogs() as events:
+            client, session, vm, vm_transport = self.attached(peer="10.0.0.9:4242")
+            self.manager.from_client(session, b"ls\r")
+            self.detach(session)
+        mine = [e for e in events if e.get("event") in ("attach", "detach")]
+        self.assertEqual([e["event"] for e in mine], ["attach", "detach"])
+        attach, detach = mine
+        self.assertEqual({k: attach[k] for k in ("peer", "console", "mode", "session", "tenant")},
+                         {"peer": "10.0.0.9:4242", "console": "s1/0", "mode": "write", "session": session.id, "tenant": "acme"})
+        self.assertEqual(formatEvent(attach), f"attach: 10.0.0.9:4242 on console s1/0 as write (session {session.id}, tenant acme)")
+        self.assertEqual((detach["bytes_in"], detach["bytes_out"]), (3, 0))
+        self.assertEqual(formatEvent(detach), f"detach: 10.0.0.9:4242 from console s1/0 (session {session.id}, 3 bytes in, 0 out)")
 
 
 class LingerTests(SessionTestCase):
