@@ -283,6 +283,23 @@ class ConsoleProtocol(WebSocketServerProtocol):
         else:
             self.transport.writeSequence(chunks)
 
+    def sendData(self, data, sync=False, chopsize=None):
+        # autobahn's own writes (the handshake answer, close, ping and pong
+        # frames) go straight to the kernel when nothing is queued, as
+        # console output does (send_now): the client has its handshake answer
+        # while the session is being opened, not after the work that follows
+        # it in this reactor turn. The rest is autobahn's sendData.
+        if sync or chopsize or self.send_queue:
+            super().sendData(data, sync, chopsize)
+            return
+        send_now(self.transport, (data,))
+        if self.state == self.STATE_OPEN:
+            self.trafficStats.outgoingOctetsWireLevel += len(data)
+        elif self.state == self.STATE_CONNECTING:
+            self.trafficStats.preopenOutgoingOctetsWireLevel += len(data)
+        if self.logOctets:
+            self.logTxOctets(data, False)
+
     def close(self, code, reason: str) -> None:
         if self.state == self.STATE_OPEN:
             # Read again (we pause while attaching), or the client's close reply is never seen.

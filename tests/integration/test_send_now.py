@@ -6,6 +6,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 
 from serialproxy.bridge import held_bytes, send_now
+from serialproxy.websocket import ConsoleFactory
 
 from .helpers import IntegrationTestCase, wait_until, within
 
@@ -87,3 +88,17 @@ class SendNowTests(IntegrationTestCase):
         send_now(memory, (b"a", b"b"))
         self.assertEqual(memory.value(), b"ab")
         self.assertIsNone(held_bytes(memory))
+
+    async def test_autobahn_frames_go_straight_out(self):
+        """ConsoleProtocol.sendData (the handshake answer, close, ping, pong) uses send_now; queued sends stay autobahn's."""
+        transport, peer = await self.connect()
+        protocol = ConsoleFactory(sessions=None).buildProtocol(None)
+        transport.protocol = protocol  # as web._FirstRequest hands a connection over
+        protocol.makeConnection(transport)
+        protocol.sendData(b"HTTP/1.1 101 ")
+        self.assertEqual((transport._tempDataBuffer, transport.dataBuffer[transport.offset:]), ([], b""))
+        self.assertEqual(protocol.trafficStats.preopenOutgoingOctetsWireLevel, 13)
+        protocol.sendData(b"chopped", chopsize=3)  # autobahn's send queue, drained over reactor turns
+        await wait_until(lambda: bytes(peer.received) == b"HTTP/1.1 101 chopped", "both, in order")
+        transport.abortConnection()
+        await wait_until(lambda: protocol.openHandshakeTimeoutCall is None, "autobahn to see the connection go")
