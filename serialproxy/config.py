@@ -171,7 +171,7 @@ OPTIONS = (
     Option(_SC, "idle_timeout", _integer(0, 604800), "0", "close a writer that sent nothing for this many seconds (0: never)"),
     Option(_SC, "scrollback_bytes", _integer(0, 16 * 1024 * 1024), "65536", "recent console output replayed to a session when it attaches"),
     Option(_SC, "spectator_lag_bytes", _integer(131072, 64 * 1024 * 1024), "262144", "bytes a read-only session may fall behind before it is closed"),
-    Option(_SC, "console_linger", _integer(0, 3600), "5", "seconds a console's VM connection and scrollback are kept after its last session leaves (0: close at once)"),
+    Option(_SC, "console_linger", _integer(0, 3600), "0", "seconds a console's VM connection and scrollback are kept after its last session leaves (0: close at once)"),
     Option(_SC, "close_on_token_expiry", _boolean, "false", "close live sessions when their console token expires"),
     Option(_SC, "record_dir", _text, "", "directory of session recordings (asciicast v2); empty: STATE_DIR/recordings"),
     Option(_SC, "record_max_bytes", _integer(4096, 1 << 40), "10485760", "size at which a recording continues in a new file"),
@@ -207,7 +207,7 @@ class Config:
     idle_timeout: int = 0
     scrollback_bytes: int = 65536
     spectator_lag_bytes: int = 262144
-    console_linger: int = 5
+    console_linger: int = 0
     close_on_token_expiry: bool = False
     record_dir: str = ""
     record_max_bytes: int = 10485760
