@@ -32,7 +32,7 @@ import report  # noqa: E402
 import scenarios  # noqa: E402
 from procs import Processes, fd_count, raise_own_file_limit  # noqa: E402
 from profiling import Profiler  # noqa: E402
-from targets import ROOT, FakeVM, Floor, RawTCP, Serialproxy, Websockify  # noqa: E402
+from targets import ROOT, FakeVM, Floor, LingeringSerialproxy, RawTCP, Serialproxy, Websockify  # noqa: E402
 
 __all__ = ["main", "Sizes", "SIZES"]
 
@@ -211,8 +211,12 @@ async def _run(processes, workdir, sizes: Sizes, args, results: dict) -> None:
     with phases.phase("throughput", f"throughput, {sizes.transfer_bytes >> 20} MiB each way, {sizes.repeats} rounds: {names}"):
         await _throughput(targets, sizes, results, profiler)
     relays = targets + ([Floor(processes, vm)] if "floor" in args.targets else [])
+    if "linger" in args.targets:
+        relays.append(LingeringSerialproxy(processes, workdir, vm, sizes.pool))
     with phases.phase("new-sessions", f"new sessions, {sizes.repeats} rounds: {', '.join(t.name for t in relays)}"):
         await _new_sessions(relays, sizes, results, profiler)
+    for relay in relays[len(targets):]:
+        processes.stop(relay.process)
     await _memory_under_flood(targets, sizes, results, phases)
     if websockify is not None:
         websockify.stop(processes)
@@ -238,8 +242,9 @@ def _interrupt(signum, frame):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="bench/run", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run: seconds, small counts")
-    parser.add_argument("--targets", default="raw,websockify,serialproxy,floor",
-                        help="comma-separated subset of raw,websockify,serialproxy,floor (floor: new sessions only)")
+    parser.add_argument("--targets", default="raw,websockify,serialproxy,floor,linger",
+                        help="comma-separated subset of raw,websockify,serialproxy,floor,linger (floor, and serialproxy "
+                             "with console_linger = 5: new sessions only)")
     parser.add_argument("--proxy-files", type=int, help="hard open-file limit for the daemon (default: inherited)")
     parser.add_argument("--profile", action="store_true", help="sample the daemon with py-spy (figures then carry its overhead)")
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",

@@ -185,7 +185,14 @@ def _new_sessions(results: dict) -> str:
         rows.append([label, *_per_target(results, cell)])
     text = _table(["new sessions/s: median (each round)", *(n for _, n in _TARGETS)], rows)
     floor = [_get(results, "floor", kind, "per_second") for kind in ("new_sequential", "new_parallel")]
+    linger = [_get(results, "linger", kind, "per_second") for kind in ("new_sequential", "new_parallel")]
     websockify = [_get(results, "websockify", kind, "per_second") for kind in ("new_sequential", "new_parallel")]
+    if all(linger):
+        text += (f"\n\nWith `console_linger = 5` (off by default; a reconnect within 5 s reuses the console's VM connection, "
+                 f"see docs/configuration.md) serialproxy did {_num(linger[0])} / {_num(linger[1])} new sessions/s "
+                 f"(one after another / 16 in parallel) in the same run"
+                 + (f", {_num(_ratio(linger[0], websockify[0]), 2, '×')} / {_num(_ratio(linger[1], websockify[1]), 2, '×')} "
+                    "websockify's" if all(websockify) else "") + ".")
     if all(floor):
         text += (f"\n\nFor scale, the floor (`bench/floor.py`: a websocket relay on Twisted's reactor with no token, "
                  f"database, Origin check, autobahn, logging or flow control) did {_num(floor[0])} / {_num(floor[1])} new "

@@ -23,7 +23,7 @@ from typing import Dict, List, Optional
 
 from procs import Processes, file_limit, tree
 
-__all__ = ["FakeVM", "Floor", "Serialproxy", "RawTCP", "Websockify", "console_host", "ROOT"]
+__all__ = ["FakeVM", "Floor", "LingeringSerialproxy", "Serialproxy", "RawTCP", "Websockify", "console_host", "ROOT"]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
@@ -198,11 +198,14 @@ class Serialproxy:
     name = "serialproxy"
     key = "serialproxy"
 
-    def __init__(self, processes: Processes, workdir: str, file_limit_hard: Optional[int] = None):
+    def __init__(self, processes: Processes, workdir: str, file_limit_hard: Optional[int] = None, settings: str = ""):
+        """``settings``: more ``[serial_console]`` lines for its config file."""
         self._dir = workdir
+        os.makedirs(workdir, exist_ok=True)
         self.config = os.path.join(workdir, "serialproxy.ini")
         with open(self.config, "w") as f:
-            f.write(f"[serial_console]\nenabled = true\nserialproxy_port = 0\nstate_dir = {workdir}/state\ntoken_ttl = 86400\n")
+            f.write(f"[serial_console]\nenabled = true\nserialproxy_port = 0\nstate_dir = {workdir}/state\ntoken_ttl = 86400\n"
+                    + settings)
         self.admin_key = self._manage("create-key", "--tenant", "ops", "--admin")
         self.log = os.path.join(workdir, "twistd.log")
         self.process = processes.start([os.path.join(BIN, "twistd"), "-n", "--pidfile=", "-l", self.log,
@@ -262,3 +265,14 @@ class Serialproxy:
         if len(urls) < count:
             raise RuntimeError(f"only {len(urls)} {mode} consoles registered, {count} wanted")
         return urls[:count]
+
+
+class LingeringSerialproxy(Serialproxy):
+    """The daemon again with ``console_linger = 5`` (opt-in): new sessions only, as the option's effect."""
+
+    name = "serialproxy, console_linger = 5"
+    key = "linger"
+
+    def __init__(self, processes: Processes, workdir: str, vm: FakeVM, pool: int):
+        super().__init__(processes, os.path.join(workdir, "linger"), settings="console_linger = 5\n")
+        self.add_consoles("echo", vm.ports["echo"], pool)

@@ -10,7 +10,7 @@ from ..daemon import ROOT
 
 class BenchSmokeTests(SynchronousTestCase):
     def test_quick_run(self):
-        """bench/run --quick starts raw TCP, websockify and the daemon, runs every phase and writes its report."""
+        """bench/run --quick starts raw TCP, websockify, the daemon (and the floor and a lingering daemon), runs every phase, writes its report."""
         report = os.path.abspath(self.mktemp())
         result = subprocess.run([os.path.join(ROOT, "bench", "run"), "--quick", "--output", report],
                                 capture_output=True, text=True, timeout=600)
@@ -19,3 +19,5 @@ class BenchSmokeTests(SynchronousTestCase):
             text = f.read()
         self.assertIn("## Targets (issue 7)", text)
         self.assertNotIn("The run failed", text)
+        self.assertIn("For scale, the floor", text)
+        self.assertIn("With `console_linger = 5`", text)
