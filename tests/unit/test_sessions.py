@@ -395,7 +395,7 @@ class LingerTests(SessionTestCase):
         self.assertFalse(a[3].disconnecting, "room to spare: it lingers")
         b = self.attach_to(self.console(2), 7002)
         self.assertFalse(a[3].disconnecting)
-        c = self.attach_to(self.console(3), 7003)
+        self.attach_to(self.console(3), 7003)
         self.assertTrue(a[3].disconnecting, "closed to make room for a new VM connection")
         self.detach(b[1])
         self.assertTrue(b[3].disconnecting, "no room to linger")
