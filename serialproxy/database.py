@@ -6,6 +6,7 @@ the driver. Migrations are the numbered files in ``db-schemas/``; a database
 newer than the code is refused.
 """
 
+import importlib
 import os
 import re
 import sqlite3
@@ -17,6 +18,7 @@ from attrs import define, field, frozen
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from .errors import DatabaseError, DatabaseTooNew
 
@@ -208,6 +210,11 @@ class Database:
         """Run ``fn(Cursor, *args, **kwargs)`` in one transaction; a Deferred."""
         return self.pool.runInteraction(_with_cursor, self.dialect, fn, *args, **kwargs)
 
+    @property
+    def integrity_error(self) -> type:
+        """The driver's IntegrityError: a statement broke a constraint."""
+        return importlib.import_module(self.dialect.module).IntegrityError
+
     def batched(self, fn: Callable, expected: tuple = ()) -> "Batched":
         """``fn`` as a callable whose calls share transactions (see :class:`Batched`)."""
         return Batched(self, fn, expected)
@@ -224,8 +231,11 @@ class Batched:
     all run, in the order they came, in the next one: a busy node pays one
     database round trip (thread hand-off, commit) for many calls. Each call
     gets its own result. An ``expected`` exception fails its call alone, so it
-    must be raised before the call writes anything; any other failure fails
-    every call of that transaction (nothing of it is committed).
+    must be raised before the call writes anything. A broken constraint (the
+    driver's IntegrityError: a race with another node, say) fails nothing
+    yet: each call of that transaction is run again alone, so only the one
+    that broke it fails. Any other failure fails every call of that
+    transaction (nothing of it is committed).
     """
 
     _db: Database
@@ -244,20 +254,31 @@ class Batched:
     def _next(self) -> None:
         calls, self._waiting = self._waiting, []
         self._busy = True
-        d = self._db.run(_batch_txn, self._fn, [args for args, _ in calls], self._expected)
-        d.addBoth(self._finished, [done for _, done in calls])
+        self._run(calls).addBoth(self._finished, calls)
 
-    def _finished(self, results, waiters) -> None:
+    def _run(self, calls: list) -> Deferred:
+        return self._db.run(_batch_txn, self._fn, [args for args, _ in calls], self._expected)
+
+    def _finished(self, results, calls: list) -> None:
         self._busy = False
-        for i, done in enumerate(waiters):
-            if not isinstance(results, list):  # the transaction failed
-                done.errback(results)
-            elif results[i][0]:
-                done.callback(results[i][1])
-            else:
-                done.errback(results[i][1])
+        if isinstance(results, Failure) and len(calls) > 1 and results.check(self._db.integrity_error):
+            for call in calls:
+                self._run([call]).addBoth(_deliver, [call])
+        else:
+            _deliver(results, calls)
         if self._waiting:
             self._next()
+
+
+def _deliver(results, calls: list) -> None:
+    """Each call's result (or the transaction's failure) to its Deferred."""
+    for i, (_, done) in enumerate(calls):
+        if not isinstance(results, list):  # the transaction failed
+            done.errback(results)
+        elif results[i][0]:
+            done.callback(results[i][1])
+        else:
+            done.errback(results[i][1])
 
 
 def _batch_txn(cursor, fn, calls, expected):

@@ -5,6 +5,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from serialproxy.database import Batched, Cursor, connect, current_version, migrations, parse_url, upgrade
 from serialproxy.errors import DatabaseError, DatabaseTooNew, NotFound
+from serialproxy.testing import inline_database
 
 from ..support import postgres_url, sqlite_url
 
@@ -95,7 +96,12 @@ class PostgreSQLMigrationTests(MigrationContract, SynchronousTestCase):
 
 
 
+class _Conflict(Exception):
+    """Stands for a driver's IntegrityError."""
+
+
 class _Transactions:
+    integrity_error = _Conflict
     """Database.run's stand-in: each transaction ends when the test says."""
 
     def __init__(self):
@@ -121,6 +127,8 @@ def _work(cursor, value):
         raise NotFound("gone")
     if value == "boom":
         raise ValueError("boom")
+    if value == "taken":
+        raise _Conflict("taken")
     return value * 2
 
 
@@ -153,6 +161,19 @@ class BatchedTests(SynchronousTestCase):
         self.failureResultOf(calls[1], NotFound)
         self.assertEqual(self.successResultOf(calls[2]), 4)
 
+    def test_a_broken_constraint_fails_its_call_alone(self):
+        """An IntegrityError fails no call yet: each runs again in a transaction of its own."""
+        self.batched(0)
+        calls = [self.batched(v) for v in (1, "taken", 2)]
+        self.transactions.end_next()
+        self.transactions.end_next()  # the shared one fails
+        self.assertEqual([p[1][1] for p in self.transactions.pending], [[(1,)], [("taken",)], [(2,)]])
+        for _ in range(3):
+            self.transactions.end_next()
+        self.assertEqual(self.successResultOf(calls[0]), 2)
+        self.failureResultOf(calls[1], _Conflict)
+        self.assertEqual(self.successResultOf(calls[2]), 4)
+
     def test_any_other_error_fails_the_whole_transaction_and_the_next_runs(self):
         """An unexpected error fails every call of its transaction; calls made meanwhile still get theirs."""
         self.batched(0)
@@ -164,3 +185,58 @@ class BatchedTests(SynchronousTestCase):
             self.failureResultOf(d, ValueError)
         self.transactions.end_next()
         self.assertEqual(self.successResultOf(after), 10)
+
+
+class _Held:
+    """A real Database whose transactions wait until ``end_next`` (so that calls pile up into one)."""
+
+    def __init__(self, database):
+        self.database = database
+        self.integrity_error = database.integrity_error
+        self.pending = []
+
+    def run(self, fn, *args):
+        done = Deferred()
+        self.pending.append((fn, args, done))
+        return done
+
+    def end_next(self):
+        fn, args, done = self.pending.pop(0)
+        self.database.run(fn, *args).chainDeferred(done)
+
+
+def _claim(cursor, key):
+    cursor.execute("INSERT INTO claims (k) VALUES (?)", (key,))
+    return key
+
+
+class BatchedDatabaseContract:
+    """A broken constraint in a shared transaction, on a real database (PostgreSQL aborts the whole transaction)."""
+
+    def test_a_broken_constraint_fails_its_call_alone(self):
+        database = inline_database(self.make_url())
+        self.addCleanup(database.close)
+        self.successResultOf(database.run(lambda c: c.execute("CREATE TABLE claims (k TEXT PRIMARY KEY)")))
+        self.successResultOf(database.run(_claim, "taken"))
+        held = _Held(database)
+        batched = Batched(held, _claim)
+        batched("first")
+        calls = [batched(k) for k in ("a", "taken", "b")]
+        held.end_next()
+        held.end_next()  # "taken" breaks the primary key: nothing of a, taken, b is committed
+        while held.pending:
+            held.end_next()
+        self.assertEqual((self.successResultOf(calls[0]), self.successResultOf(calls[2])), ("a", "b"))
+        self.failureResultOf(calls[1], database.integrity_error)
+        rows = self.successResultOf(database.run(lambda c: c.execute("SELECT k FROM claims ORDER BY k").fetchall()))
+        self.assertEqual([r[0] for r in rows], ["a", "b", "first", "taken"])
+
+
+class SQLiteBatchedTests(BatchedDatabaseContract, SynchronousTestCase):
+    def make_url(self):
+        return sqlite_url(self)
+
+
+class PostgreSQLBatchedTests(BatchedDatabaseContract, SynchronousTestCase):
+    def make_url(self):
+        return postgres_url(self)
