@@ -95,11 +95,20 @@ def send_now(transport, chunks: tuple) -> None:
             sent = transport.socket.sendmsg(chunks)
         except OSError:  # full (EAGAIN), or broken: Twisted's own write finds out and reports it
             sent = 0
-        if sent == sum(map(len, chunks)):
-            return
-        transport.write(b"".join(chunks)[sent:])
+        rest = _after(chunks, sent)
+        if rest:
+            transport.writeSequence(rest)
         return
     transport.writeSequence(chunks)
+
+
+def _after(chunks: tuple, sent: int) -> list:
+    """What of ``chunks`` is left once ``sent`` bytes went: whole chunks kept, only a cut one copied."""
+    for i, chunk in enumerate(chunks):
+        if sent < len(chunk):
+            return [chunk[sent:] if sent else chunk, *chunks[i + 1:]]
+        sent -= len(chunk)
+    return []
 
 
 def held_bytes(transport) -> Optional[int]:

@@ -32,9 +32,11 @@ from .interfaces import ConsoleLock, ConsoleToken, IStore, SessionRecord
 from .rows import SessionRows
 from .tokens import UNKNOWN_TOKEN, TokenService, new_id
 
-__all__ = ["Session", "SessionManager", "LeaseService", "busy_reason", "MODES"]
+__all__ = ["Session", "SessionManager", "LeaseService", "busy_reason", "MODES", "RESERVED_FILES"]
 
 MODES = ("write", "read")
+# Open files kept for everything but console sockets (database, logs, listener, API clients).
+RESERVED_FILES = 64
 _log = Logger()
 
 
@@ -96,7 +98,7 @@ class SessionManager:
     _sessions: Dict[str, Session] = field(factory=dict)
     linger: float = 0.0  # seconds a console stays connected after its last session leaves (console_linger)
     max_lingering: int = 1024  # consoles kept connected with nobody attached, at most
-    file_budget: Optional[int] = None  # open files this node may use for sockets (default: its soft limit - 64)
+    file_budget: Optional[int] = None  # open files this node may use for sockets (default: soft limit - RESERVED_FILES)
     _consoles: Dict[tuple, Console] = field(factory=dict)
     _connecting: Dict[tuple, list] = field(factory=dict)
     _lingering: "OrderedDict[tuple, IDelayedCall]" = field(factory=OrderedDict)  # console key -> its closing; oldest first
@@ -107,7 +109,7 @@ class SessionManager:
         if self.rows is None:
             self.rows = SessionRows(self._store, self._reactor)
         if self.file_budget is None:
-            self.file_budget = max(0, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 64)
+            self.file_budget = max(0, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - RESERVED_FILES)
 
     # attach and detach
 

@@ -19,7 +19,7 @@ from .libvirt_driver import LibvirtDriver
 from .ports import PortAllocator, PortProbe
 from .recording import Recorder
 from .servers import Servers
-from .sessions import SessionManager
+from .sessions import RESERVED_FILES, SessionManager
 from .store import SQLStore
 from .tokens import KeyService, TokenService, new_id
 from .web import make_site
@@ -227,7 +227,7 @@ def makeService(options, reactor=None):
         from twisted.internet import reactor
     config = getattr(options, "config", None) or load_config(options.get("config"))
     limit = raise_file_limit()
-    _log.info("open-file limit {limit}: room for about {sessions} console sessions", limit=limit, sessions=(limit - 64) // 2)
+    _log.info("open-file limit {limit}: room for about {sessions} console sessions", limit=limit, sessions=(limit - RESERVED_FILES) // 2)
     try:
         service = build_service(config, reactor)
     except DatabaseError as e:

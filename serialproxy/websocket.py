@@ -38,13 +38,17 @@ _MAX_PENDING = 256 * 1024
 _SUBPROTOCOLS = ("binary", "base64")
 
 
-def _binary_header(length: int) -> bytes:
-    """The header of a final, unmasked binary frame of ``length`` bytes (RFC 6455, 5.2)."""
+_BINARY, _TEXT = 0x82, 0x81  # the first byte of a final binary / text frame
+_EXTENDED_LENGTH = {126: 2, 127: 8}  # bytes of extended payload length after these 7-bit lengths
+
+
+def _frame_header(first: int, length: int) -> bytes:
+    """The header of a final, unmasked frame of ``length`` bytes (RFC 6455, 5.2); ``first`` is _BINARY or _TEXT."""
     if length < 126:
-        return bytes((0x82, length))
+        return bytes((first, length))
     if length < 65536:
-        return struct.pack("!BBH", 0x82, 126, length)
-    return struct.pack("!BBQ", 0x82, 127, length)
+        return struct.pack("!BBH", first, 126, length)
+    return struct.pack("!BBQ", first, 127, length)
 
 
 class ClientFrames:
@@ -91,10 +95,10 @@ class ClientFrames:
                 self._head = data[pos:]
                 return b""
             first, second = data[pos], data[pos + 1]
-            if first != 0x82 or not second & 0x80:  # not a final binary frame, or not masked
+            if first != _BINARY or not second & 0x80:  # not a final binary frame, or not masked
                 return data[pos:]
             length = second & 0x7F
-            size = 2 + {126: 2, 127: 8}.get(length, 0)
+            size = 2 + _EXTENDED_LENGTH.get(length, 0)
             if end - pos < size + 4:
                 self._head = data[pos:]
                 return b""
@@ -268,16 +272,17 @@ class ConsoleProtocol(WebSocketServerProtocol):
     def send(self, data: bytes, eager: bool = False) -> None:
         if self.state != self.STATE_OPEN:
             return  # closing: the VM's last bytes have nowhere to go
-        if self._base64:
-            self.sendMessage(base64.b64encode(data), isBinary=False)
-            return
         # The hot path (see docs/performance.md): one unmasked, uncompressed
-        # binary frame per VM read, its header built here and written with the
-        # payload (eager: one sendmsg when nothing is queued), so the payload is
-        # never copied and none of sendMessage's per-call checks run. Safe
-        # because this proxy never fragments, compresses or queues outgoing
-        # messages.
-        chunks = (_binary_header(len(data)), data)
+        # frame per VM read (binary; base64 text for that subprotocol), its
+        # header built here and written with the payload (eager: one sendmsg
+        # when nothing is queued), so the payload is never copied and none of
+        # sendMessage's per-call checks run. Safe because this proxy never
+        # fragments, compresses or queues outgoing messages.
+        if self._base64:
+            data = base64.b64encode(data)
+            chunks = (_frame_header(_TEXT, len(data)), data)
+        else:
+            chunks = (_frame_header(_BINARY, len(data)), data)
         if eager:
             send_now(self.transport, chunks)
         else:
@@ -285,7 +290,7 @@ class ConsoleProtocol(WebSocketServerProtocol):
 
     def sendData(self, data, sync=False, chopsize=None):
         # autobahn's own writes (the handshake answer, close, ping and pong
-        # frames) go straight to the kernel when nothing is queued, as
+        # frames; console output never comes this way) go straight to the kernel when nothing is queued, as
         # console output does (send_now): the client has its handshake answer
         # while the session is being opened, not after the work that follows
         # it in this reactor turn. The rest is autobahn's sendData.

@@ -187,18 +187,13 @@ class BatchedTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(after), 10)
 
 
-class _Held:
+class _Held(_Transactions):
     """A real Database whose transactions wait until ``end_next`` (so that calls pile up into one)."""
 
     def __init__(self, database):
+        super().__init__()
         self.database = database
         self.integrity_error = database.integrity_error
-        self.pending = []
-
-    def run(self, fn, *args):
-        done = Deferred()
-        self.pending.append((fn, args, done))
-        return done
 
     def end_next(self):
         fn, args, done = self.pending.pop(0)
