@@ -268,6 +268,11 @@ class Console:
     def connected(self) -> bool:
         return self._vm is not None and not self._lost
 
+    @property
+    def idle(self) -> bool:
+        """Nobody is attached."""
+        return not self._attachments
+
     def attach(self, attachment: Attachment) -> None:
         """Join a session: replay the scrollback, then live output; a writer drives the VM."""
         transport = attachment.client.transport

@@ -6,9 +6,11 @@ the driver. Migrations are the numbered files in ``db-schemas/``; a database
 newer than the code is refused.
 """
 
+import fcntl
 import importlib
 import os
 import re
+import socket
 import sqlite3
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -23,6 +25,8 @@ from twisted.python.failure import Failure
 from .errors import DatabaseError, DatabaseTooNew
 
 __all__ = [
+    "NodeClaim",
+    "claim_sqlite",
     "Cursor",
     "Database",
     "Dialect",
@@ -293,6 +297,51 @@ def _batch_txn(cursor, fn, calls, expected):
 
 def _with_cursor(transaction, dialect, fn, *args, **kwargs):
     return fn(Cursor(transaction, dialect), *args, **kwargs)
+
+
+@define
+class NodeClaim:
+    """This process's claim to be the only serialproxy node on an sqlite database.
+
+    An exclusive ``flock`` on a file beside the database (``<database>.node``),
+    held open while the node runs; the kernel drops it when the process ends,
+    however it ends. serialproxy-manage takes no claim: it may work beside the
+    node (it neither deletes servers nor takes writer locks).
+    """
+
+    path: str
+    _file: Any
+
+    def release(self) -> None:
+        self._file.close()
+
+
+def claim_sqlite(dialect: Dialect) -> NodeClaim:
+    """Claim an sqlite database for this node, or :class:`DatabaseError` naming the node that holds it.
+
+    An sqlite database serves one node: that node may then decide from memory
+    what several nodes must ask the database (see serialproxy.sessions).
+    """
+    path = dialect.args[0] + ".node"
+    try:
+        claim = open(path, "a+", encoding="utf-8")
+    except OSError as e:
+        raise DatabaseError(f"cannot open {path}, the lock file of the database {dialect.describe()}: {e.strerror}") from e
+    try:
+        fcntl.flock(claim, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        claim.seek(0)
+        holder = claim.read().strip() or "a process that did not say which"
+        claim.close()
+        raise DatabaseError(
+            f"the sqlite database {dialect.describe()} is in use by another serialproxy node ({holder}); "
+            "an sqlite database serves one node: give each node its own state_dir, or let several nodes share "
+            "PostgreSQL ([database] connection = postgresql://...)") from None
+    claim.seek(0)
+    claim.truncate()
+    claim.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    claim.flush()
+    return NodeClaim(path, claim)
 
 
 def open_database(url: str, reactor=None, **pool_kwargs) -> Database:

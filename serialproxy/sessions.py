@@ -12,6 +12,18 @@ and kick are logged as structured events (``event``, ``session``,
 Opening a session is one transaction (lock and row); closing one is written
 behind (see :mod:`serialproxy.rows`): this manager flushes the closes before
 anything that reads session or lock rows (list, kick, renew, purge, shutdown).
+
+A node that is its database's only user (``sole_node``: an sqlite database,
+which one node holds, see :func:`serialproxy.database.claim_sqlite`) knows
+from memory whether a console has a writer and whether a token's server
+still exists, since every change to either goes through it. It lets a
+session in while the open transaction runs, rather than after: the VM is
+dialled and bytes flow at once, and the transaction's answer comes later
+(should it refuse, which memory makes impossible unless the database was
+changed behind the node's back, the session is closed with the refusal).
+Whenever memory is not sure (it has a writer on that console, which may
+have been kicked straight in the database), the session waits for the
+transaction as on any node.
 """
 
 import datetime
@@ -25,9 +37,10 @@ from twisted.application.internet import TimerService
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from .bridge import Attachment, Console, IConsoleClient, Scrollback, vm_endpoint
-from .errors import BadRequest, CloseCode, ConsoleBusy, NotFound, TokenInvalid
+from .errors import BadRequest, CloseCode, ConsoleBusy, NotFound, SerialProxyError, TokenInvalid
 from .interfaces import ConsoleLock, ConsoleToken, IStore, SessionRecord
 from .rows import SessionRows
 from .tokens import UNKNOWN_TOKEN, TokenService, new_id
@@ -38,6 +51,14 @@ MODES = ("write", "read")
 # Open files kept for everything but console sockets (database, logs, listener, API clients).
 RESERVED_FILES = 64
 _log = Logger()
+
+
+async def _outcome(d: Deferred):
+    """What ``d`` fires with: its result, or its Failure (not raised)."""
+    try:
+        return await d
+    except Exception:
+        return Failure()
 
 
 def _utc(seconds: float) -> str:
@@ -70,6 +91,7 @@ class Session:
     console: Console
     attachment: Attachment
     lock: Optional[ConsoleLock]
+    unrecorded: bool = False  # its open transaction refused it after it was let in (sole_node): no row to delete
     timers: list = field(factory=list)  # everything to cancel on detach
     idle: Optional["_IdleTimer"] = None
     recording: object = None
@@ -103,6 +125,9 @@ class SessionManager:
     _connecting: Dict[tuple, list] = field(factory=dict)
     _lingering: "OrderedDict[tuple, IDelayedCall]" = field(factory=OrderedDict)  # console key -> its closing; oldest first
     rows: SessionRows = field(default=None)  # this node's session writes (made from the store and reactor if not given)
+    sole_node: bool = False  # the database's only user: sessions are let in while their open transaction runs
+    _writers: Dict[tuple, ConsoleLock] = field(factory=dict)  # console key -> the lock of its writer here (or one attaching)
+    _attaching: Dict[str, list] = field(factory=dict)  # session id -> [server id, refusal or None] while it attaches
     _log: ClassVar[Logger] = Logger()
 
     def __attrs_post_init__(self):
@@ -124,21 +149,34 @@ class SessionManager:
         lock = ConsoleLock(token.server_id, token.port_index, session_id, self.node, peer, token.tenant_id,
                            now, now + self.lease) if mode == "write" else None
         record = SessionRecord(session_id, token.server_id, token.port_index, mode, peer, tenant, self.node, now, now + self.lease)
-        try:  # one transaction: the queued closes, the lock, the session row
-            holder = await self.rows.open(record, lock, now)
-        except NotFound:  # the server was deleted (on another node) since its token was cached
-            self._tokens.forget_server(token.server_id)
-            raise TokenInvalid(UNKNOWN_TOKEN) from None
-        if holder is not None:  # the client logs the refusal with the reason
-            raise ConsoleBusy(busy_reason(holder))
+        key = (token.server_id, token.port_index)
+        # On a sole node memory decides, unless it has a writer on this console
+        # already (see the module's doc): the session is let in while its open
+        # transaction runs, instead of after it.
+        early = self.sole_node and (lock is None or key not in self._writers)
+        opening = Deferred.fromCoroutine(self.rows.open(record, lock, now, behind=early))  # the queued closes, the lock, the row
+        if lock is not None and early:
+            self._writers[key] = lock
+        self._attaching[session_id] = attaching = [token.server_id, None]  # close_server() may refuse it meanwhile
         try:
-            console = await self._console(token)
+            if not early:
+                refusal = self._refusal(await _outcome(opening), token)
+                if refusal is not None:
+                    raise refusal
+                if lock is not None:
+                    self._writers[key] = lock
+            console = await self._connected(token, session_id, opening, attaching)
         except BaseException:
-            self.rows.close(session_id)
+            if lock is not None and self._writers.get(key) is lock:
+                del self._writers[key]
             raise
+        finally:
+            del self._attaching[session_id]
         attachment = Attachment(session_id, client, mode == "write", self.lag_bytes)
         session = Session(session_id, token, mode, peer, tenant, now, client, console, attachment, lock)
         self._sessions[session_id] = session
+        if not opening.called:  # let in before its open transaction answered (sole_node)
+            opening.addBoth(self._opened, session)
         self._start_recording(session)
         console.attach(attachment)
         self._start_timers(session)
@@ -149,6 +187,53 @@ class SessionManager:
         self._log.info("attach: {text}", text=f"{peer} on console {console_name} as {mode} (session {session_id}, tenant {tenant})",
                        event="attach", peer=peer, console=console_name, mode=mode, session=session_id, tenant=tenant)
         return session
+
+    async def _connected(self, token: ConsoleToken, session_id: str, opening: Deferred, attaching: list) -> Console:
+        """The session's console, connected, unless refused meanwhile: by its open transaction, if that
+        has answered, or by the deletion of its server on this node (``attaching``'s refusal)."""
+        if attaching[1] is not None:  # deleted while its open was written: no VM dial
+            self.rows.close(session_id)
+            raise attaching[1]
+        try:
+            console = await self._console(token)
+        except BaseException:
+            opening.addErrback(lambda _: None)  # the client is told why the VM is out of reach
+            self.rows.close(session_id)
+            raise
+        answer = self._refusal(await _outcome(opening), token) if opening.called else None
+        if answer is None and attaching[1] is not None:
+            self.rows.close(session_id)  # its row, if its open wrote one
+        refusal = answer or attaching[1]
+        if refusal is not None:
+            if console.idle:
+                self._release((token.server_id, token.port_index), console)
+            raise refusal
+        return console
+
+    def _refusal(self, outcome, token: ConsoleToken) -> Optional[Exception]:
+        """What refuses a session, from its open transaction's outcome (its result or Failure); None if opened."""
+        if isinstance(outcome, Failure):
+            if outcome.check(NotFound):  # the server was deleted (on another node) since its token was cached
+                self._tokens.forget_server(token.server_id)
+                return TokenInvalid(UNKNOWN_TOKEN)
+            return outcome.value
+        if outcome is not None:  # the holder's lock; the client logs the refusal with the reason
+            return ConsoleBusy(busy_reason(outcome))
+        return None
+
+    def _opened(self, outcome, session: Session) -> None:
+        """The open transaction's answer for a session let in before it: a refusal closes the session."""
+        refusal = self._refusal(outcome, session.token)
+        if refusal is None:
+            return
+        session.unrecorded = True
+        if isinstance(refusal, SerialProxyError):
+            code, reason = refusal.close_code, str(refusal)
+        else:
+            self._log.failure("opening console session {session} failed in the database", outcome, session=session.id)
+            code, reason = CloseCode.INTERNAL_ERROR, "internal error in the console proxy"
+        self._log.info("{event}: {peer} ({code}): {reason}", event="refuse", peer=session.peer, code=int(code), reason=reason)
+        session.client.close(code, reason)
 
     async def _console(self, token: ConsoleToken) -> Console:
         """This node's console for the token's serial port, connecting it if needed."""
@@ -186,11 +271,15 @@ class SessionManager:
         for timer in session.timers:
             if timer.active():
                 timer.cancel()
+        key = (session.token.server_id, session.token.port_index)
+        if session.lock is not None and self._writers.get(key) is session.lock:
+            del self._writers[key]
         if session.console.detach(session.attachment):
-            self._release((session.token.server_id, session.token.port_index), session.console)
+            self._release(key, session.console)
         if session.recording is not None:
             session.recording.close()
-        self.rows.close(session.id)
+        if not session.unrecorded:
+            self.rows.close(session.id)
         console_name, bytes_in, bytes_out = session.console_name, session.attachment.bytes_in, session.attachment.bytes_out
         self._log.info("detach: {text}", text=f"{session.peer} from console {console_name} (session {session.id}, {bytes_in} bytes in, {bytes_out} out)",
                        event="detach", peer=session.peer, console=console_name, session=session.id, bytes_in=bytes_in, bytes_out=bytes_out)
@@ -301,6 +390,9 @@ class SessionManager:
         doomed = [s for s in self._sessions.values() if s.token.server_id == server_id]
         for session in doomed:
             session.client.close(code, reason)
+        for attaching in self._attaching.values():
+            if attaching[0] == server_id:
+                attaching[1] = NotFound(reason)
         for key in [k for k in self._lingering if k[0] == server_id]:
             self._stop_lingering(key)
         return len(doomed)
@@ -316,6 +408,14 @@ class SessionManager:
         for record in await self._store.renew_sessions(self.node, self._reactor.seconds() + self.lease, counters):
             self._close_kicked(record)
         return len(counters)
+
+    async def forget_earlier_runs(self) -> int:
+        """At a sole node's start: the sessions and locks an earlier run left (it crashed) go now, not a lease later."""
+        # An earlier run's leases end a lease from now at the latest.
+        count = await self._store.purge_sessions(self._reactor.seconds() + self.lease + 1)
+        if count:
+            self._log.info("forgot {count} console sessions an earlier run of this node left", count=count)
+        return count
 
     async def purge(self) -> int:
         """Forget sessions and locks of nodes that died (their leases ran out); run with the token purge."""
@@ -385,6 +485,12 @@ class LeaseService(TimerService):
         super().__init__(manager.lease / 3, self._renew)
         self.clock = manager._reactor
         self._manager = manager
+
+    def startService(self):
+        if self._manager.sole_node:
+            d = Deferred.fromCoroutine(self._manager.forget_earlier_runs())
+            d.addErrback(lambda f: _log.failure("forgetting the sessions of an earlier run failed", f))
+        super().startService()
 
     def _renew(self):
         d = Deferred.fromCoroutine(self._manager.renew())

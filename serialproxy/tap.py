@@ -2,6 +2,7 @@
 
 import os
 import socket
+from typing import Optional
 
 from twisted.application import internet, service
 from twisted.application.internet import TimerService
@@ -13,7 +14,7 @@ from twisted.python import usage
 from . import __version__
 from .api import API
 from .config import OPTIONS, Config, load_config
-from .database import Database, open_database
+from .database import Database, NodeClaim, claim_sqlite, open_database, parse_url
 from .errors import ConfigError, DatabaseError
 from .libvirt_driver import LibvirtDriver
 from .ports import PortAllocator, PortProbe
@@ -84,12 +85,15 @@ class _ListeningEndpoint:
 
 
 class _DatabaseService(service.Service):
-    def __init__(self, database: Database):
+    def __init__(self, database: Database, claim: Optional[NodeClaim]):
         self.database = database
+        self.claim = claim
 
     def stopService(self):
         super().stopService()
         self.database.close()
+        if self.claim is not None:
+            self.claim.release()
 
 
 class StagedService(service.MultiService):
@@ -185,8 +189,10 @@ def tune_gc() -> None:
 def build_service(config: Config, reactor, entropy=os.urandom, database: Database = None) -> StagedService:
     """The whole node: database, token purge, console leases, HTTP listener."""
     top = StagedService()
+    dialect = database.dialect if database is not None else parse_url(config.database_url)
+    claim = claim_sqlite(dialect) if dialect.name == "sqlite" else None  # this node is its only user
     database = database or open_database(config.database_url)
-    _DatabaseService(database).setServiceParent(top)
+    _DatabaseService(database, claim).setServiceParent(top)
     store = SQLStore(database)
     tokens = TokenService(store, reactor, config.token_ttl, entropy)
 
@@ -198,7 +204,7 @@ def build_service(config: Config, reactor, entropy=os.urandom, database: Databas
     sessions = SessionManager(store, tokens, reactor, node, entropy=entropy, scrollback_bytes=config.scrollback_bytes,
                               lag_bytes=config.spectator_lag_bytes, idle_timeout=config.idle_timeout,
                               close_on_token_expiry=config.close_on_token_expiry, recorder=recorder,
-                              linger=config.console_linger)
+                              linger=config.console_linger, sole_node=claim is not None)
     sessions.service().setServiceParent(top)
     purge = TimerService(TOKEN_PURGE_INTERVAL, _purge, tokens, sessions)
     purge.clock = reactor

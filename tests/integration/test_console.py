@@ -7,11 +7,16 @@ the API and an autobahn client opens the console.
 
 import base64
 import hashlib
+import os
 import random
 import sqlite3
 import uuid
 
-from serialproxy.errors import CloseCode
+from twisted.internet import reactor
+
+from serialproxy.config import load_config
+from serialproxy.errors import CloseCode, DatabaseError
+from serialproxy.tap import build_service
 from serialproxy.tokens import hash_secret
 
 from .helpers import (
@@ -321,6 +326,15 @@ class LifecycleTests(IntegrationTestCase):
         self.assertEqual(code, CloseCode.INTERNAL_ERROR)
         self.assertIn("internal error", reason)
         self.assertEqual(len(self.flushLoggedErrors(sqlite3.OperationalError)), 1)
+
+
+    async def test_second_node_on_one_sqlite_database_refused(self):
+        """A second node on the sqlite database of a running node is refused at start, naming the first."""
+        node = await start_node(self)
+        config = load_config(None, {"enabled": "true", "serialproxy-port": "0", "database": "sqlite:///" + node.path})
+        with self.assertRaises(DatabaseError) as refused:
+            build_service(config, reactor)
+        self.assertIn(f"is in use by another serialproxy node (pid {os.getpid()}", str(refused.exception))
 
 
 class OriginTests(IntegrationTestCase):

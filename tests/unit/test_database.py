@@ -1,9 +1,14 @@
-"""Schema migrations on sqlite and PostgreSQL: fresh, older, current, newer; transactions shared by batched calls."""
+"""Schema migrations on sqlite and PostgreSQL: fresh, older, current, newer; transactions shared by batched calls; one node per sqlite database."""
+
+import os
+import socket
+import subprocess
+import sys
 
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
-from serialproxy.database import Batched, Cursor, connect, current_version, migrations, parse_url, upgrade
+from serialproxy.database import Batched, Cursor, claim_sqlite, connect, current_version, migrations, parse_url, upgrade
 from serialproxy.errors import DatabaseError, DatabaseTooNew, NotFound
 from serialproxy.testing import inline_database
 
@@ -235,3 +240,39 @@ class SQLiteBatchedTests(BatchedDatabaseContract, SynchronousTestCase):
 class PostgreSQLBatchedTests(BatchedDatabaseContract, SynchronousTestCase):
     def make_url(self):
         return postgres_url(self)
+
+
+class NodeClaimTests(SynchronousTestCase):
+    """An sqlite database serves one node: the claim that makes sure of it."""
+
+    def setUp(self):
+        self.dialect = parse_url(sqlite_url(self))
+
+    def test_second_node_refused(self):
+        """A second claim on the same sqlite database is refused, naming the holder and what to do instead."""
+        first = claim_sqlite(self.dialect)
+        with self.assertRaises(DatabaseError) as refused:
+            claim_sqlite(self.dialect)
+        message = str(refused.exception)
+        self.assertIn(f"pid {os.getpid()} on {socket.gethostname()}", message)
+        self.assertIn("state_dir", message)
+        self.assertIn("PostgreSQL", message)
+        first.release()
+        claim_sqlite(self.dialect).release()
+
+    def test_released_when_the_holder_dies(self):
+        """The claim goes with its process, however it ends (here SIGKILL): the next node starts."""
+        holder = subprocess.Popen(
+            [sys.executable, "-c", "import sys, time; from serialproxy.database import claim_sqlite, parse_url; "
+             "claim = claim_sqlite(parse_url(sys.argv[1])); print('held', flush=True); time.sleep(60)", f"sqlite:///{self.dialect.args[0]}"],
+            stdout=subprocess.PIPE, text=True)
+        self.addCleanup(holder.stdout.close)
+        try:
+            self.assertEqual(holder.stdout.readline(), "held\n")
+            with self.assertRaises(DatabaseError) as refused:
+                claim_sqlite(self.dialect)
+            self.assertIn(f"pid {holder.pid}", str(refused.exception))
+        finally:
+            holder.kill()
+            holder.wait(10)
+        claim_sqlite(self.dialect).release()
