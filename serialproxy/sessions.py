@@ -28,28 +28,25 @@ transaction as on any node.
 
 import datetime
 import os
-import resource
-from collections import OrderedDict
 from typing import Callable, ClassVar, Dict, Optional
 
 from attrs import define, evolve, field
 from twisted.application.internet import TimerService
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .bridge import Attachment, Console, IConsoleClient, Scrollback, vm_endpoint
+from .bridge import Attachment, Console, IConsoleClient
+from .consoles import Consoles, name_of
 from .errors import BadRequest, CloseCode, ConsoleBusy, NotFound, SerialProxyError, TokenInvalid
 from .interfaces import ConsoleLock, ConsoleToken, IStore, SessionRecord
 from .rows import SessionRows
 from .tokens import UNKNOWN_TOKEN, TokenService, new_id
 
-__all__ = ["Session", "SessionManager", "LeaseService", "busy_reason", "MODES", "RESERVED_FILES"]
+__all__ = ["Session", "SessionManager", "LeaseService", "busy_reason", "MODES"]
 
 MODES = ("write", "read")
-# Open files kept for everything but console sockets (database, logs, listener, API clients).
-RESERVED_FILES = 64
 _log = Logger()
 
 
@@ -73,10 +70,6 @@ def busy_reason(holder: ConsoleLock) -> str:
     )
 
 
-def _console_name(token: ConsoleToken) -> str:
-    return f"{token.server_id}/{token.port_index}"
-
-
 @define(eq=False)
 class Session:
     """One client attached to one console on this node."""
@@ -98,7 +91,7 @@ class Session:
 
     @property
     def console_name(self) -> str:
-        return _console_name(self.token)
+        return name_of(self.token)
 
 
 @define
@@ -119,11 +112,7 @@ class SessionManager:
     recorder: object = None
     _sessions: Dict[str, Session] = field(factory=dict)
     linger: float = 0.0  # seconds a console stays connected after its last session leaves (console_linger)
-    max_lingering: int = 1024  # consoles kept connected with nobody attached, at most
-    file_budget: Optional[int] = None  # open files this node may use for sockets (default: soft limit - RESERVED_FILES)
-    _consoles: Dict[tuple, Console] = field(factory=dict)
-    _connecting: Dict[tuple, list] = field(factory=dict)
-    _lingering: "OrderedDict[tuple, IDelayedCall]" = field(factory=OrderedDict)  # console key -> its closing; oldest first
+    consoles: Consoles = field(default=None)  # this node's VM connections (made from the options above if not given)
     rows: SessionRows = field(default=None)  # this node's session writes (made from the store and reactor if not given)
     sole_node: bool = False  # the database's only user: sessions are let in while their open transaction runs
     _writers: Dict[tuple, ConsoleLock] = field(factory=dict)  # console key -> the lock of its writer here (or one attaching)
@@ -133,8 +122,8 @@ class SessionManager:
     def __attrs_post_init__(self):
         if self.rows is None:
             self.rows = SessionRows(self._store, self._reactor)
-        if self.file_budget is None:
-            self.file_budget = max(0, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - RESERVED_FILES)
+        if self.consoles is None:
+            self.consoles = Consoles(self._reactor, self._sessions, self.scrollback_bytes, self.connect_timeout, self.linger)
 
     # attach and detach
 
@@ -149,29 +138,7 @@ class SessionManager:
         lock = ConsoleLock(token.server_id, token.port_index, session_id, self.node, peer, token.tenant_id,
                            now, now + self.lease) if mode == "write" else None
         record = SessionRecord(session_id, token.server_id, token.port_index, mode, peer, tenant, self.node, now, now + self.lease)
-        key = (token.server_id, token.port_index)
-        # On a sole node memory decides, unless it has a writer on this console
-        # already (see the module's doc): the session is let in while its open
-        # transaction runs, instead of after it.
-        early = self.sole_node and (lock is None or key not in self._writers)
-        opening = Deferred.fromCoroutine(self.rows.open(record, lock, now, behind=early))  # the queued closes, the lock, the row
-        if lock is not None and early:
-            self._writers[key] = lock
-        self._attaching[session_id] = attaching = [token.server_id, None]  # close_server() may refuse it meanwhile
-        try:
-            if not early:
-                refusal = self._refusal(await _outcome(opening), token)
-                if refusal is not None:
-                    raise refusal
-                if lock is not None:
-                    self._writers[key] = lock
-            console = await self._connected(token, session_id, opening, attaching)
-        except BaseException:
-            if lock is not None and self._writers.get(key) is lock:
-                del self._writers[key]
-            raise
-        finally:
-            del self._attaching[session_id]
+        console, opening = await self._admit(token, record, lock, now)
         attachment = Attachment(session_id, client, mode == "write", self.lag_bytes)
         session = Session(session_id, token, mode, peer, tenant, now, client, console, attachment, lock)
         self._sessions[session_id] = session
@@ -188,6 +155,35 @@ class SessionManager:
                        event="attach", peer=peer, console=console_name, mode=mode, session=session_id, tenant=tenant)
         return session
 
+    async def _admit(self, token: ConsoleToken, record: SessionRecord, lock: Optional[ConsoleLock], now: float) -> tuple:
+        """Open the session's row (and lock) and connect its console: ``(console, the open's Deferred)``.
+
+        On a sole node memory decides, unless it has a writer on this console
+        already (see the module's doc): the session is let in while its open
+        waits to be written, and the open's answer comes later. Otherwise it
+        waits for that answer first.
+        """
+        key = (token.server_id, token.port_index)
+        early = self.sole_node and (lock is None or key not in self._writers)
+        opening = Deferred.fromCoroutine(self.rows.open(record, lock, now, behind=early))  # the queued closes, the lock, the row
+        if lock is not None and early:
+            self._writers[key] = lock
+        self._attaching[record.id] = attaching = [token.server_id, None]  # close_server() may refuse it meanwhile
+        try:
+            if not early:
+                refusal = self._refusal(await _outcome(opening), token)
+                if refusal is not None:
+                    raise refusal
+                if lock is not None:
+                    self._writers[key] = lock
+            return await self._connected(token, record.id, opening, attaching), opening
+        except BaseException:
+            if lock is not None and self._writers.get(key) is lock:
+                del self._writers[key]
+            raise
+        finally:
+            del self._attaching[record.id]
+
     async def _connected(self, token: ConsoleToken, session_id: str, opening: Deferred, attaching: list) -> Console:
         """The session's console, connected, unless refused meanwhile: by its open transaction, if that
         has answered, or by the deletion of its server on this node (``attaching``'s refusal)."""
@@ -195,7 +191,7 @@ class SessionManager:
             self.rows.close(session_id)
             raise attaching[1]
         try:
-            console = await self._console(token)
+            console = await self.consoles.connected(token)
         except BaseException:
             opening.addErrback(lambda _: None)  # the client is told why the VM is out of reach
             self.rows.close(session_id)
@@ -206,7 +202,7 @@ class SessionManager:
         refusal = answer or attaching[1]
         if refusal is not None:
             if console.idle:
-                self._release((token.server_id, token.port_index), console)
+                self.consoles.release((token.server_id, token.port_index), console)
             raise refusal
         return console
 
@@ -235,35 +231,6 @@ class SessionManager:
         self._log.info("{event}: {peer} ({code}): {reason}", event="refuse", peer=session.peer, code=int(code), reason=reason)
         session.client.close(code, reason)
 
-    async def _console(self, token: ConsoleToken) -> Console:
-        """This node's console for the token's serial port, connecting it if needed."""
-        key = (token.server_id, token.port_index)
-        console = self._consoles.get(key)
-        if console is not None and key in self._connecting:
-            waiter = Deferred()
-            self._connecting[key].append(waiter)
-            return await waiter
-        if key in self._lingering:
-            self._lingering.pop(key).cancel()
-        if console is not None and console.connected:
-            return console
-        self._make_room()
-        console = Console(_console_name(token), Scrollback(self.scrollback_bytes))
-        self._consoles[key] = console
-        self._connecting[key] = []
-        try:
-            endpoint = vm_endpoint(self._reactor, token.host, token.port, self.connect_timeout)
-            await console.connect(endpoint, f"{token.host}:{token.port}")
-        except BaseException as e:
-            if self._consoles.get(key) is console:
-                del self._consoles[key]
-            for waiter in self._connecting.pop(key):
-                waiter.errback(e)
-            raise
-        for waiter in self._connecting.pop(key):
-            waiter.callback(console)
-        return console
-
     async def detach(self, session: Session) -> None:
         """The client went: leave the console (closing the VM side if last); the lock is freed behind."""
         if self._sessions.pop(session.id, None) is None:
@@ -275,7 +242,7 @@ class SessionManager:
         if session.lock is not None and self._writers.get(key) is session.lock:
             del self._writers[key]
         if session.console.detach(session.attachment):
-            self._release(key, session.console)
+            self.consoles.release(key, session.console)
         if session.recording is not None:
             session.recording.close()
         if not session.unrecorded:
@@ -283,48 +250,6 @@ class SessionManager:
         console_name, bytes_in, bytes_out = session.console_name, session.attachment.bytes_in, session.attachment.bytes_out
         self._log.info("detach: {text}", text=f"{session.peer} from console {console_name} (session {session.id}, {bytes_in} bytes in, {bytes_out} out)",
                        event="detach", peer=session.peer, console=console_name, session=session.id, bytes_in=bytes_in, bytes_out=bytes_out)
-
-    # consoles nobody is attached to
-
-    def _release(self, key: tuple, console: Console) -> None:
-        """The last session left ``console``: keep it connected ``linger`` seconds for the next one, or close it.
-
-        A page reload or a quick reconnect then finds the scrollback, with what
-        the VM printed meanwhile, and no new VM connection is made. Only while
-        the node has files to spare (see _make_room) and at most max_lingering
-        consoles at a time, the oldest closed first.
-        """
-        if (self.linger <= 0 or self._consoles.get(key) is not console or not console.connected
-                or len(self._sessions) + len(self._consoles) >= self._spare_files()):
-            self._close_console(key, console)
-            return
-        if len(self._lingering) >= self.max_lingering:
-            self._stop_lingering(next(iter(self._lingering)))
-        self._lingering[key] = self._reactor.callLater(self.linger, self._linger_over, key)
-
-    def _spare_files(self) -> int:
-        """Sockets (sessions plus consoles) above which no console lingers: nine tenths of the budget."""
-        return self.file_budget * 9 // 10
-
-    def _make_room(self) -> None:
-        """Before a new VM connection: close lingering consoles, oldest first, while files run short."""
-        while self._lingering and len(self._sessions) + len(self._consoles) >= self._spare_files():
-            self._stop_lingering(next(iter(self._lingering)))
-
-    def _linger_over(self, key: tuple) -> None:
-        del self._lingering[key]
-        self._close_console(key, self._consoles.get(key))
-
-    def _stop_lingering(self, key: tuple) -> None:
-        self._lingering.pop(key).cancel()
-        self._close_console(key, self._consoles.get(key))
-
-    def _close_console(self, key: tuple, console: Optional[Console]) -> None:
-        if console is None:
-            return
-        console.close()
-        if self._consoles.get(key) is console:
-            del self._consoles[key]
 
     # timers and recording
 
@@ -393,8 +318,7 @@ class SessionManager:
         for attaching in self._attaching.values():
             if attaching[0] == server_id:
                 attaching[1] = NotFound(reason)
-        for key in [k for k in self._lingering if k[0] == server_id]:
-            self._stop_lingering(key)
+        self.consoles.close_server(server_id)
         return len(doomed)
 
     # leases
@@ -431,8 +355,7 @@ class SessionManager:
         for session in sessions:
             session.client.close(CloseCode.GOING_AWAY, reason)
         await DeferredList([Deferred.fromCoroutine(self.detach(s)) for s in sessions])
-        for key in list(self._lingering):
-            self._stop_lingering(key)
+        self.consoles.close_lingering()
         await self.rows.flush()
 
     def service(self) -> "LeaseService":

@@ -20,7 +20,8 @@ from .libvirt_driver import LibvirtDriver
 from .ports import PortAllocator, PortProbe
 from .recording import Recorder
 from .servers import Servers
-from .sessions import RESERVED_FILES, SessionManager
+from .consoles import RESERVED_FILES
+from .sessions import SessionManager
 from .store import SQLStore
 from .tokens import KeyService, TokenService, new_id
 from .web import make_site

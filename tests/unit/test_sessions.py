@@ -380,7 +380,7 @@ class LingerTests(SessionTestCase):
 
     def test_oldest_closes_first_past_max_lingering(self):
         """At most max_lingering consoles linger: another one closes the oldest."""
-        self.manager.max_lingering = 1
+        self.manager.consoles.max_lingering = 1
         first = self.attach_to(self.console(1), 7001)
         second = self.attach_to(self.console(2), 7002)
         self.detach(first[1])
@@ -390,7 +390,7 @@ class LingerTests(SessionTestCase):
 
     def test_none_when_files_run_short(self):
         """No console lingers past nine tenths of the file budget, and lingering ones make room for new connections."""
-        self.manager.file_budget = 3  # room for 2 sockets before consoles stop lingering
+        self.manager.consoles.file_budget = 3  # room for 2 sockets before consoles stop lingering
         a = self.attach_to(self.console(1), 7001)
         self.detach(a[1])
         self.assertFalse(a[3].disconnecting, "room to spare: it lingers")
