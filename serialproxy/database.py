@@ -324,6 +324,9 @@ def claim_sqlite(dialect: Dialect) -> NodeClaim:
     """
     path = dialect.args[0] + ".node"
     try:
+        parent = os.path.dirname(path)
+        if parent:
+            os.makedirs(parent, exist_ok=True)  # a fresh state directory, as connect() makes it
         claim = open(path, "a+", encoding="utf-8")
     except OSError as e:
         raise DatabaseError(f"cannot open {path}, the lock file of the database {dialect.describe()}: {e.strerror}") from e

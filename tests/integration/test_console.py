@@ -328,6 +328,16 @@ class LifecycleTests(IntegrationTestCase):
         self.assertEqual(len(self.flushLoggedErrors(sqlite3.OperationalError)), 1)
 
 
+    async def test_first_start_makes_the_state_directory(self):
+        """A node starts on a state directory that does not exist yet (a fresh install), and makes it."""
+        state = os.path.join(os.path.abspath(self.mktemp()), "state")
+        config = load_config(None, {"enabled": "true", "serialproxy-port": "0", "state-dir": state})
+        top = build_service(config, reactor)
+        top.startService()
+        await top.stopService()
+        self.assertEqual(sorted(n for n in os.listdir(state) if not n.endswith(("-wal", "-shm"))),
+                         ["serialproxy.sqlite", "serialproxy.sqlite.node"])
+
     async def test_second_node_on_one_sqlite_database_refused(self):
         """A second node on the sqlite database of a running node is refused at start, naming the first."""
         node = await start_node(self)

@@ -260,6 +260,13 @@ class NodeClaimTests(SynchronousTestCase):
         first.release()
         claim_sqlite(self.dialect).release()
 
+    def test_fresh_state_directory(self):
+        """The first start on a fresh state directory makes it, as opening the database does."""
+        dialect = parse_url(f"sqlite:///{os.path.abspath(self.mktemp())}/state/serialproxy.sqlite")
+        claim = claim_sqlite(dialect)
+        self.addCleanup(claim.release)
+        self.assertTrue(os.path.exists(dialect.args[0] + ".node"))
+
     def test_released_when_the_holder_dies(self):
         """The claim goes with its process, however it ends (here SIGKILL): the next node starts."""
         holder = subprocess.Popen(
