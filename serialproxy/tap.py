@@ -17,6 +17,7 @@ from .config import OPTIONS, Config, load_config
 from .database import Database, NodeClaim, claim_sqlite, open_database, parse_url
 from .errors import ConfigError, DatabaseError
 from .libvirt_driver import LibvirtDriver
+from .logs import log_through_us
 from .ports import PortAllocator, PortProbe
 from .recording import Recorder
 from .servers import Servers
@@ -52,6 +53,8 @@ class Options(usage.Options):
         parent = getattr(self, "parent", None)
         if parent is not None and "nodaemon" in parent and not self.config.daemon:
             parent["nodaemon"] = True  # daemon = false (the default) keeps it in the foreground
+        if parent is not None and "logger" in parent:
+            log_through_us(parent)  # twistd's log, its timestamps formatted once a second
 
 
 class ConsoleURLs:

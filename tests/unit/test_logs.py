@@ -1,0 +1,71 @@
+"""twistd's log through serialproxy.logs: the same lines, the same destinations, the timestamp formatted once a second."""
+
+import io
+import os
+import signal
+import sys
+
+from hypothesis import given, strategies as st
+from twisted.logger import LogLevel, formatEventAsClassicLogText, formatTime
+from twisted.scripts.twistd import ServerOptions
+from twisted.trial.unittest import SynchronousTestCase
+
+from serialproxy import logs
+
+
+def twistds_text(event):
+    """What twistd's own text observer writes for ``event``."""
+    return formatEventAsClassicLogText(event, formatTime=lambda when: formatTime(when))
+
+
+def event(when, text="attach: 127.0.0.1:5000 on console s1/0"):
+    return {"log_format": "{text}", "text": text, "log_time": when, "log_level": LogLevel.info,
+            "log_namespace": "serialproxy.sessions.SessionManager"}
+
+
+class FormatTests(SynchronousTestCase):
+    @given(st.lists(st.floats(min_value=0, max_value=4e9), min_size=1, max_size=20))
+    def test_same_text_as_twistd(self, times):
+        """Events in any order of time (the cached second reused or replaced) read exactly as twistd writes them."""
+        for when in times + sorted(times) + [times[0] + 0.5]:
+            self.assertEqual(logs.format_event(event(when)), twistds_text(event(when)))
+
+    def test_edges(self):
+        """No time, a time a hair below the next second (datetime rounds it up), before 1970."""
+        for when in (None, 1.9999995, 1.9999994, 1700000000.9999996, -1.5):
+            self.assertEqual(logs.format_event(event(when)), twistds_text(event(when)))
+
+
+class TwistdTests(SynchronousTestCase):
+    """``twistd serialproxy`` logs through serialproxy.logs unless its options say otherwise."""
+
+    def parsed(self, *flags):
+        self.addCleanup(setattr, logs, "_twistd_options", logs._twistd_options)
+        self.addCleanup(signal.signal, signal.SIGUSR1, signal.getsignal(signal.SIGUSR1))  # twistd's rotation handler
+        options = ServerOptions()
+        options.parseOptions([*flags, "serialproxy", "--enabled=true"])
+        return options
+
+    def test_logfile(self):
+        """With --logfile the lines go to that file, as twistd's own observer writes them."""
+        path = os.path.abspath(self.mktemp())
+        options = self.parsed("-n", f"--logfile={path}")
+        self.assertIs(options["logger"], logs.twistd_observer)
+        observer = options["logger"]()
+        self.assertIs(observer.formatEvent, logs.format_event)
+        observer(event(1700000000.25))
+        with open(path, encoding="utf-8") as f:
+            self.assertEqual(f.read(), twistds_text(event(1700000000.25)))
+
+    def test_stdout_in_the_foreground(self):
+        """In the foreground without --logfile, to standard output, as twistd does."""
+        options = self.parsed("-n")
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        options["logger"]()(event(1700000000.0))
+        self.assertEqual(out.getvalue(), twistds_text(event(1700000000.0)))
+
+    def test_left_alone(self):
+        """--syslog and a --logger of the operator's are twistd's business."""
+        self.assertIsNone(self.parsed("-n", "--syslog")["logger"])
+        self.assertIs(self.parsed("-n", "--logger=serialproxy.logs.format_event")["logger"], logs.format_event)
