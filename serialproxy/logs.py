@@ -17,7 +17,7 @@ from twisted.logger import formatEventAsClassicLogText, formatTime
 
 __all__ = ["format_event", "log_through_us", "twistd_observer"]
 
-_twistd_options = None  # twistd's options, for twistd_observer()
+_twistd_options = {}  # twistd's options, for twistd_observer() (set by log_through_us)
 _stamp = (None, "-")  # (a whole second, its timestamp text): one tuple, so threads see both or neither
 
 
