@@ -110,13 +110,18 @@ def _prepare_sqlite(connection) -> None:
     connection.execute("PRAGMA synchronous = NORMAL")
 
 
+def _make_parent(path: str) -> None:
+    """The directory an sqlite file (or its claim) goes in, made if missing."""
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+
+
 def connect(dialect: Dialect):
     """A plain DB-API connection (for migrations and serialproxy-manage)."""
     try:
         if dialect.name == "sqlite":
-            parent = os.path.dirname(dialect.args[0])
-            if parent:
-                os.makedirs(parent, exist_ok=True)
+            _make_parent(dialect.args[0])
             connection = sqlite3.connect(*dialect.args, **dialect.kwargs)
             _prepare_sqlite(connection)
             return connection
@@ -324,9 +329,7 @@ def claim_sqlite(dialect: Dialect) -> NodeClaim:
     """
     path = dialect.args[0] + ".node"
     try:
-        parent = os.path.dirname(path)
-        if parent:
-            os.makedirs(parent, exist_ok=True)  # a fresh state directory, as connect() makes it
+        _make_parent(path)  # a fresh state directory
         claim = open(path, "a+", encoding="utf-8")
     except OSError as e:
         raise DatabaseError(f"cannot open {path}, the lock file of the database {dialect.describe()}: {e.strerror}") from e

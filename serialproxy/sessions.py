@@ -17,10 +17,12 @@ A node that is its database's only user (``sole_node``: an sqlite database,
 which one node holds, see :func:`serialproxy.database.claim_sqlite`) knows
 from memory whether a console has a writer and whether a token's server
 still exists, since every change to either goes through it. It lets a
-session in while the open transaction runs, rather than after: the VM is
-dialled and bytes flow at once, and the transaction's answer comes later
-(should it refuse, which memory makes impossible unless the database was
-changed behind the node's back, the session is closed with the refusal).
+session in without waiting for its open transaction: the VM is dialled and
+bytes flow at once, the open is written within ``close_delay`` together
+with the others of that time (see :mod:`serialproxy.rows`), and its answer
+comes later (should it refuse, which memory makes impossible unless the
+database was changed behind the node's back, the session is closed with
+the refusal).
 Whenever memory is not sure (it has a writer on that console, which may
 have been kicked straight in the database), the session waits for the
 transaction as on any node.
@@ -94,6 +96,14 @@ class Session:
         return name_of(self.token)
 
 
+@define(eq=False)
+class _Attaching:
+    """A session between its token check and joining its console: the deletion of its server refuses it."""
+
+    server_id: str
+    refusal: Optional[Exception] = None
+
+
 @define
 class SessionManager:
     """The sessions and consoles of this node, and the leases it holds for them."""
@@ -116,7 +126,7 @@ class SessionManager:
     rows: SessionRows = field(default=None)  # this node's session writes (made from the store and reactor if not given)
     sole_node: bool = False  # the database's only user: sessions are let in while their open transaction runs
     _writers: Dict[tuple, ConsoleLock] = field(factory=dict)  # console key -> the lock of its writer here (or one attaching)
-    _attaching: Dict[str, list] = field(factory=dict)  # session id -> [server id, refusal or None] while it attaches
+    _attaching: Dict[str, "_Attaching"] = field(factory=dict)  # session id -> its server, while it attaches
     _log: ClassVar[Logger] = Logger()
 
     def __attrs_post_init__(self):
@@ -168,7 +178,7 @@ class SessionManager:
         opening = Deferred.fromCoroutine(self.rows.open(record, lock, now, behind=early))  # the queued closes, the lock, the row
         if lock is not None and early:
             self._writers[key] = lock
-        self._attaching[record.id] = attaching = [token.server_id, None]  # close_server() may refuse it meanwhile
+        self._attaching[record.id] = attaching = _Attaching(token.server_id)  # close_server() may refuse it meanwhile
         try:
             if not early:
                 refusal = self._refusal(await _outcome(opening), token)
@@ -184,12 +194,12 @@ class SessionManager:
         finally:
             del self._attaching[record.id]
 
-    async def _connected(self, token: ConsoleToken, session_id: str, opening: Deferred, attaching: list) -> Console:
+    async def _connected(self, token: ConsoleToken, session_id: str, opening: Deferred, attaching: "_Attaching") -> Console:
         """The session's console, connected, unless refused meanwhile: by its open transaction, if that
-        has answered, or by the deletion of its server on this node (``attaching``'s refusal)."""
-        if attaching[1] is not None:  # deleted while its open was written: no VM dial
+        has answered, or by the deletion of its server on this node (``attaching.refusal``)."""
+        if attaching.refusal is not None:  # deleted while its open was written: no VM dial
             self.rows.close(session_id)
-            raise attaching[1]
+            raise attaching.refusal
         try:
             console = await self.consoles.connected(token)
         except BaseException:
@@ -197,9 +207,9 @@ class SessionManager:
             self.rows.close(session_id)
             raise
         answer = self._refusal(await _outcome(opening), token) if opening.called else None
-        if answer is None and attaching[1] is not None:
+        if answer is None and attaching.refusal is not None:
             self.rows.close(session_id)  # its row, if its open wrote one
-        refusal = answer or attaching[1]
+        refusal = answer or attaching.refusal
         if refusal is not None:
             if console.idle:
                 self.consoles.release((token.server_id, token.port_index), console)
@@ -207,7 +217,10 @@ class SessionManager:
         return console
 
     def _refusal(self, outcome, token: ConsoleToken) -> Optional[Exception]:
-        """What refuses a session, from its open transaction's outcome (its result or Failure); None if opened."""
+        """What refuses a session, from its open transaction's outcome (its result or Failure); None if opened.
+
+        A server gone from the database also drops its tokens from memory.
+        """
         if isinstance(outcome, Failure):
             if outcome.check(NotFound):  # the server was deleted (on another node) since its token was cached
                 self._tokens.forget_server(token.server_id)
@@ -316,8 +329,8 @@ class SessionManager:
         for session in doomed:
             session.client.close(code, reason)
         for attaching in self._attaching.values():
-            if attaching[0] == server_id:
-                attaching[1] = NotFound(reason)
+            if attaching.server_id == server_id:
+                attaching.refusal = NotFound(reason)
         self.consoles.close_server(server_id)
         return len(doomed)
 

@@ -14,6 +14,7 @@ from twisted.python import usage
 from . import __version__
 from .api import API
 from .config import OPTIONS, Config, load_config
+from .consoles import RESERVED_FILES
 from .database import Database, NodeClaim, claim_sqlite, open_database, parse_url
 from .errors import ConfigError, DatabaseError
 from .libvirt_driver import LibvirtDriver
@@ -21,7 +22,6 @@ from .logs import log_through_us
 from .ports import PortAllocator, PortProbe
 from .recording import Recorder
 from .servers import Servers
-from .consoles import RESERVED_FILES
 from .sessions import SessionManager
 from .store import SQLStore
 from .tokens import KeyService, TokenService, new_id
