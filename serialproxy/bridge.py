@@ -13,12 +13,13 @@ bounded allowance of bytes it may fall behind by, past which it is closed.
 One byte path serves websocket and telnet clients alike.
 """
 
+import errno
 import ipaddress
 from collections import deque
 from typing import Callable, ClassVar, Optional
 
 from attrs import define, field
-from twisted.internet import endpoints, tcp
+from twisted.internet import endpoints, main, tcp
 from twisted.internet.error import ConnectError, DNSLookupError, TimeoutError
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
@@ -27,7 +28,8 @@ from zope.interface import Attribute, Interface, implementer
 
 from .errors import CloseCode, SerialProxyError
 
-__all__ = ["Attachment", "Console", "IConsoleClient", "Scrollback", "VMUnreachable", "send_now", "vm_endpoint"]
+__all__ = ["Attachment", "ClientTransport", "Console", "IConsoleClient", "Scrollback", "VMUnreachable", "send_now",
+           "vm_endpoint"]
 
 READ_ONLY_NOTICE = b"\r\n[serialproxy: read-only session: what you type is not sent to the VM]\r\n"
 
@@ -69,9 +71,39 @@ def vm_endpoint(reactor, host: str, port: int, timeout: float):
     return endpoints.TCP4ClientEndpoint(reactor, str(address), port, timeout=timeout)
 
 
+# Bytes read from a client connection at a time (see ClientTransport).
+CLIENT_READ_SIZE = 512 * 1024
+
+
+class ClientTransport(tcp.Server):
+    """Twisted's TCP server transport, reading up to CLIENT_READ_SIZE at a time (Twisted: 64 KiB).
+
+    A client that types into a console at full speed sends 64 KiB frames; read
+    64 KiB at a time, each frame took two reads and two writes to the VM.
+    Read 512 KiB at a time, the frames of a read go to the VM in one write
+    (``ClientFrames``): the proxy's CPU per MiB from client to VM fell by
+    about half (docs/performance.md). Twisted's ``bufferSize`` is both its
+    read size and the write buffer's pause threshold, which bounds what a
+    client that stops reading costs; so the read size is this class's own
+    and the threshold stays Twisted's. The listener uses this class for
+    every connection (``tap``); a read's buffer lives only until the read
+    is handled.
+    """
+
+    def doRead(self):
+        try:
+            data = self.socket.recv(CLIENT_READ_SIZE)
+        except OSError as e:
+            return None if e.args[0] == errno.EWOULDBLOCK else main.CONNECTION_LOST
+        if not data:
+            return main.CONNECTION_DONE
+        self.protocol.dataReceived(data)
+        return None
+
+
 def _plain_tcp(transport) -> bool:
     """A plain (not TLS) TCP transport of Twisted's, whose socket and buffers send_now and held_bytes use."""
-    return type(transport) in (tcp.Server, tcp.Client) and not transport.TLS
+    return type(transport) in (tcp.Server, tcp.Client, ClientTransport) and not transport.TLS
 
 
 def send_now(transport, chunks: tuple) -> None:
@@ -322,17 +354,18 @@ class Console:
             if not attachment.deliver(data, eager):
                 attachment.client.close(CloseCode.TOO_SLOW, f"read-only session fell more than {attachment.lag_limit} bytes behind the VM's output; reconnect")
 
-    def from_client(self, attachment: Attachment, data: bytes) -> None:
+    def from_client(self, attachment: Attachment, *data: bytes) -> None:
+        """Bytes from a client, in one or more pieces: to the VM, in one write, if it is the writer."""
         if attachment is not self._writer:
             if not attachment.told_read_only:
                 attachment.told_read_only = True
                 attachment.client.send(READ_ONLY_NOTICE)
             return
         if self.connected:
-            attachment.bytes_in += len(data)
-            send_now(self._vm.transport, (data,))
+            attachment.bytes_in += sum(map(len, data))
+            send_now(self._vm.transport, data)
             if attachment.on_input is not None:
-                attachment.on_input(data)
+                attachment.on_input(data[0] if len(data) == 1 else b"".join(data))
 
     def vm_lost(self, reason) -> None:
         if self._lost:

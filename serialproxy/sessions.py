@@ -287,9 +287,9 @@ class SessionManager:
         if session.mode == "write":
             session.attachment.on_input = session.recording.input
 
-    def from_client(self, session: Session, data: bytes) -> None:
-        """Bytes the client typed: to the VM if it is the writer; resets the idle timer."""
-        session.console.from_client(session.attachment, data)
+    def from_client(self, session: Session, *data: bytes) -> None:
+        """Bytes the client typed (one or more pieces): to the VM if it is the writer; resets the idle timer."""
+        session.console.from_client(session.attachment, *data)
         if session.idle is not None:
             session.idle.touch()
 

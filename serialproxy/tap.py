@@ -6,13 +6,14 @@ from typing import Optional
 
 from twisted.application import internet, service
 from twisted.application.internet import TimerService
-from twisted.internet import endpoints
+from twisted.internet import endpoints, tcp
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python import usage
 
 from . import __version__
 from .api import API
+from .bridge import ClientTransport
 from .config import OPTIONS, Config, load_config
 from .consoles import RESERVED_FILES
 from .database import Database, NodeClaim, claim_sqlite, open_database, parse_url
@@ -80,6 +81,8 @@ class _ListeningEndpoint:
         return self._endpoint.listen(factory).addCallback(self._bound)
 
     def _bound(self, port):
+        if type(port) is tcp.Port and port.transport is tcp.Server:
+            port.transport = ClientTransport  # reads 512 KiB at a time (see bridge.ClientTransport)
         address = port.getHost()
         self._urls.port = getattr(address, "port", self._urls.port)
         where = f"{address.host}:{address.port}" if hasattr(address, "port") else str(address)

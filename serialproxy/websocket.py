@@ -56,15 +56,16 @@ class ClientFrames:
 
     A final, masked, binary frame without extension bits and with a payload of
     at most ``max_payload`` bytes is unmasked (websockets' C ``apply_mask``)
-    and its payload handed to ``deliver`` piece by piece as reads bring it,
-    with no copy of the buffer per frame. At the first frame of any other kind
+    and its payload handed on as reads bring it: ``deliver(*pieces)`` once
+    per read, with the unmasked pieces of every frame that read carried (one
+    write to the VM), and no copy of the buffer per frame. At the first frame of any other kind
     (control frames, text, fragments, anything unusual or invalid) ``feed``
     stops and returns the bytes from that frame on, for autobahn to read.
     """
 
     __slots__ = ("_deliver", "_max", "_head", "_left", "_mask")
 
-    def __init__(self, deliver: Callable[[bytes], None], max_payload: int):
+    def __init__(self, deliver: Callable[..., None], max_payload: int):
         self._deliver = deliver
         self._max = max_payload
         self._head = b""  # the start of a frame header a read cut short
@@ -77,15 +78,25 @@ class ClientFrames:
         return not self._left and not self._head
 
     def feed(self, data: bytes) -> bytes:
-        """Read what it can; the rest, from the first frame it leaves to autobahn (``b""``: none)."""
+        """Read what it can; the rest, from the first frame it leaves to autobahn (``b""``: none).
+
+        The payload pieces of one read are delivered together (one write to the VM).
+        """
         if self._head:
             data, self._head = self._head + data, b""
+        pieces = []
+        rest = self._read(data, pieces)
+        if pieces:
+            self._deliver(*pieces)
+        return rest
+
+    def _read(self, data: bytes, pieces: list) -> bytes:
         view = memoryview(data)
         pos, end = 0, len(data)
         while pos < end:
             if self._left:
                 take = min(self._left, end - pos)
-                self._deliver(apply_mask(view[pos:pos + take], self._mask))
+                pieces.append(apply_mask(view[pos:pos + take], self._mask))
                 self._left -= take
                 pos += take
                 turn = take % 4
@@ -208,8 +219,8 @@ class ConsoleProtocol(WebSocketServerProtocol):
         if self._gone:
             await self.factory.sessions.detach(session)
             return
-        for data in self._pending:
-            self.factory.sessions.from_client(session, data)
+        if self._pending:
+            self.factory.sessions.from_client(session, *self._pending)
         self._pending = None
 
     # Client input. Binary frames, and text frames outside the base64
@@ -247,16 +258,16 @@ class ConsoleProtocol(WebSocketServerProtocol):
             return
         self._input(data)
 
-    def _input(self, data: bytes) -> None:
+    def _input(self, *data: bytes) -> None:
         try:
             if self._session is not None:
-                self.factory.sessions.from_client(self._session, data)
+                self.factory.sessions.from_client(self._session, *data)
             elif self._pending is not None:
-                self._pending_bytes += len(data)
+                self._pending_bytes += sum(map(len, data))
                 if self._pending_bytes > _MAX_PENDING:
                     self.close(CloseCode.BAD_REQUEST, "too much input before the console was ready")
                 else:
-                    self._pending.append(data)
+                    self._pending.extend(data)
         except Exception:
             self._log.failure("handling console input failed")
 

@@ -14,6 +14,7 @@ import uuid
 
 from twisted.internet import reactor
 
+from serialproxy.bridge import ClientTransport
 from serialproxy.config import load_config
 from serialproxy.errors import CloseCode, DatabaseError
 from serialproxy.tap import build_service
@@ -102,11 +103,13 @@ class EchoTests(IntegrationTestCase):
 
 class BulkTests(IntegrationTestCase):
     async def test_16_mib_client_to_vm(self):
-        """16 MiB sent by the client reach the VM intact and in order."""
+        """16 MiB sent by the client reach the VM intact and in order, read 512 KiB at a time (ClientTransport)."""
         node = await start_node(self)
         vm = await start_vm(self, SinkVM)
         _server, url = await node.console_for(vm)
         client = await open_console(self, url)
+        await wait_until(lambda: node.sessions(), "the session to attach")
+        self.assertIs(type(node.sessions()[0].attachment.client.transport), ClientTransport)
         data = random.Random(6083).randbytes(BIG)
         for offset in range(0, BIG, 64 * 1024):
             client.send(data[offset:offset + 64 * 1024])

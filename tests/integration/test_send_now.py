@@ -1,11 +1,21 @@
-"""send_now on real loopback TCP connections: straight to the kernel when it can, Twisted's queue when it cannot."""
+"""The byte path's transports on real loopback TCP connections.
 
-from twisted.internet import reactor
+send_now: straight to the kernel when it can, Twisted's queue when it cannot.
+ClientTransport: big reads, Twisted's pause threshold.
+"""
+
+import array
+import fcntl
+import os
+import socket
+import termios
+
+from twisted.internet import reactor, tcp
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 
-from serialproxy.bridge import held_bytes, send_now
+from serialproxy.bridge import CLIENT_READ_SIZE, ClientTransport, held_bytes, send_now
 from serialproxy.websocket import ConsoleFactory
 
 from .helpers import IntegrationTestCase, wait_until, within
@@ -14,9 +24,18 @@ from .helpers import IntegrationTestCase, wait_until, within
 class _Collector(Protocol):
     def __init__(self):
         self.received = bytearray()
+        self.reads = []
 
     def dataReceived(self, data):
         self.received += data
+        self.reads.append(len(data))
+
+
+def _unread(sock) -> int:
+    """Bytes waiting in a socket's receive queue."""
+    count = array.array("i", [0])
+    fcntl.ioctl(sock.fileno(), termios.FIONREAD, count)
+    return count[0]
 
 
 class _Producer:
@@ -34,11 +53,12 @@ class _Producer:
 
 
 class SendNowTests(IntegrationTestCase):
-    async def connect(self):
+    async def connect(self, server_transport=tcp.Server):
         """A client transport and the server protocol that reads from it."""
         accepted = []
         port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
             Factory.forProtocol(lambda: accepted.append(_Collector()) or accepted[-1]))
+        port.transport = server_transport  # as the daemon's listener does (tap)
         self.addCleanup(port.stopListening)
         client = await within(TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(
             Factory.forProtocol(Protocol)), "the connection")
@@ -102,3 +122,25 @@ class SendNowTests(IntegrationTestCase):
         await wait_until(lambda: bytes(peer.received) == b"HTTP/1.1 101 chopped", "both, in order")
         transport.abortConnection()
         await wait_until(lambda: protocol.openHandshakeTimeoutCall is None, "autobahn to see the connection go")
+
+
+class ClientTransportTests(SendNowTests):
+    """The daemon's listener's transport: everything above holds for it too, and it reads big."""
+
+    def connect(self):
+        return super().connect(server_transport=ClientTransport)
+
+    async def test_reads_big_and_pauses_as_twisted_does(self):
+        """What the kernel holds is read at once, up to 512 KiB; the write pause threshold stays Twisted's 64 KiB."""
+        transport, peer = await self.connect()
+        self.assertIs(type(peer.transport), ClientTransport)
+        peer.transport.pauseProducing()
+        peer.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        data = os.urandom(CLIENT_READ_SIZE + 100 * 1024)
+        transport.write(data)
+        await wait_until(lambda: _unread(peer.transport.socket) == len(data), "the bytes waiting to be read", 30)
+        peer.transport.resumeProducing()
+        await wait_until(lambda: len(peer.received) == len(data), "the bytes read")
+        self.assertEqual(peer.reads[0], CLIENT_READ_SIZE)
+        self.assertEqual(bytes(peer.received), data)
+        self.assertEqual(peer.transport.bufferSize, 65536)

@@ -29,7 +29,7 @@ def frame(payload: bytes, mask: bytes = b"\x01\x02\x03\x04", first: int = 0x82, 
 def read(chunks, max_payload: int = MAX_FRAME):
     """Feed chunks; (what was delivered, what was left to autobahn, idle at the end)."""
     delivered = []
-    frames = ClientFrames(delivered.append, max_payload)
+    frames = ClientFrames(lambda *pieces: delivered.extend(pieces), max_payload)
     rest = b""
     for chunk in chunks:
         if rest:
@@ -78,6 +78,15 @@ class ClientFramesTests(SynchronousTestCase):
         delivered, rest, _ = read(split(head + tail, cuts))
         self.assertEqual(delivered, b"".join(before))
         self.assertEqual(rest, tail)
+
+    def test_one_delivery_per_read(self):
+        """The payloads of every frame one read carries are handed on together (one write to the VM)."""
+        calls = []
+        frames = ClientFrames(lambda *pieces: calls.append(pieces), MAX_FRAME)
+        stream = frame(b"ab") + frame(b"cd") + frame(b"ef") + frame(b"gh")  # 8 bytes each
+        for read in (stream[:10], stream[10:24], stream[24:]):  # a frame and a header's start; that frame, one more; the last
+            self.assertEqual(frames.feed(read), b"")
+        self.assertEqual(calls, [(b"ab",), (b"cd", b"ef"), (b"gh",)])
 
     def test_idle_only_between_frames(self):
         """Mid-frame or mid-header it is not idle (autobahn must not read then)."""
