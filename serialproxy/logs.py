@@ -38,7 +38,35 @@ def _timestamp(when: Optional[float]) -> str:
 
 def format_event(event: dict) -> Optional[str]:
     """An event as twistd's text observer writes it (``formatEventAsClassicLogText``)."""
+    line = _plain_line(event)
+    if line is not None:
+        return line
     return formatEventAsClassicLogText(event, formatTime=_timestamp)
+
+
+def _plain_line(event: dict) -> Optional[str]:
+    """The line of an event whose format is a plain prefix and one ``{text}`` field, or None for any other.
+
+    Such is each console session's attach and detach line (``sessions.py``):
+    ``twisted.logger`` formats even a one-field format with a
+    ``string.Formatter`` in Python, field by field, which here is the prefix
+    and the text joined. Anything else (other fields, a failure, a system
+    name, text that is not a ``str``) takes twisted's own path.
+    """
+    form = event.get("log_format")
+    if type(form) is not str or not form.endswith("{text}"):
+        return None
+    prefix = form[:-6]
+    text = event.get("text")
+    if ("{" in prefix or "}" in prefix or type(text) is not str or "log_failure" in event or "log_flattened" in event
+            or event.get("log_system") is not None):
+        return None
+    if not prefix and not text:
+        return None  # twisted writes no line for an empty text
+    level = event.get("log_level")
+    system = f"{event.get('log_namespace', '-')}#{'-' if level is None else level.name}"
+    line = f"{_timestamp(event.get('log_time'))} [{system}] {prefix}{text}"
+    return line.replace("\n", "\n\t") + "\n"
 
 
 def log_through_us(twistd_options) -> None:

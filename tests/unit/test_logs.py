@@ -7,6 +7,7 @@ import sys
 
 from hypothesis import given, strategies as st
 from twisted.logger import LogLevel, formatEventAsClassicLogText, formatTime
+from twisted.python.failure import Failure
 from twisted.scripts.twistd import ServerOptions
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -29,6 +30,27 @@ class FormatTests(SynchronousTestCase):
         """Events in any order of time (the cached second reused or replaced) read exactly as twistd writes them."""
         for when in times + sorted(times) + [times[0] + 0.5]:
             self.assertEqual(logs.format_event(event(when)), twistds_text(event(when)))
+
+    @given(st.text(max_size=12).filter(lambda p: "{" not in p and "}" not in p),
+           st.one_of(st.text(max_size=40), st.integers(), st.none()),
+           st.fixed_dictionaries({}, optional={"log_level": st.sampled_from(list(LogLevel.iterconstants())),
+                                               "log_namespace": st.text(max_size=10),
+                                               "log_system": st.one_of(st.none(), st.text(max_size=10))}),
+           st.floats(min_value=0, max_value=4e9))
+    def test_plain_text_events_as_twistd_writes_them(self, prefix, text, extra, when):
+        """Any prefix, text, level, namespace and system: a ``prefix{text}`` line is twistd's, byte for byte."""
+        e = {"log_format": prefix + "{text}", "text": text, "log_time": when, **extra}
+        self.assertEqual(logs.format_event(e), twistds_text(e))
+        fast = type(text) is str and bool(prefix + text) and e.get("log_system") is None
+        self.assertEqual(logs._plain_line(e) is not None, fast)
+
+    def test_other_events_take_twisteds_path(self):
+        """Other fields, a failure or a flattened event are left to twisted."""
+        for e in ({"log_format": "{a} {text}", "a": 1, "text": "x"}, {"log_format": "{text!r}", "text": "x"},
+                  {"log_format": "{text}", "text": "x", "log_failure": Failure(ValueError("no"))},
+                  {"log_format": "{text}", "text": "x", "log_flattened": {}}):
+            self.assertIsNone(logs._plain_line(e))
+            self.assertEqual(logs.format_event(e), twistds_text(e))
 
     def test_edges(self):
         """No time, a time a hair below the next second (datetime rounds it up), before 1970."""
