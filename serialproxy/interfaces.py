@@ -242,8 +242,8 @@ class IStore(Interface):
         """Live sessions (lease not expired), of one server or all, oldest first."""
 
     def renew_sessions(node: str, expires: float, counters: dict):
-        """Extend the leases of ``node``'s sessions, store their byte counts
-        (``{id: (bytes_in, bytes_out)}``); the node's sessions that were kicked."""
+        """Extend the leases of all of ``node``'s sessions and locks, store the byte counts
+        given (``{id: (bytes_in, bytes_out)}``, those that changed); the node's sessions that were kicked."""
 
     def purge_sessions(now: float):
         """Delete sessions and writer locks whose lease ran out (their node died); how many sessions."""

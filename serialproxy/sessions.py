@@ -87,6 +87,7 @@ class Session:
     attachment: Attachment
     lock: Optional[ConsoleLock]
     unrecorded: bool = False  # its open transaction refused it after it was let in (sole_node): no row to delete
+    counted: tuple = (0, 0)  # the byte counts its row has (renew writes those that changed)
     timers: list = field(factory=list)  # everything to cancel on detach
     idle: Optional["_IdleTimer"] = None
     recording: object = None
@@ -341,10 +342,19 @@ class SessionManager:
         await self.rows.flush()
         if not self._sessions:
             return 0
-        counters = {s.id: (s.attachment.bytes_in, s.attachment.bytes_out) for s in self._sessions.values()}
-        for record in await self._store.renew_sessions(self.node, self._reactor.seconds() + self.lease, counters):
+        sessions = list(self._sessions.values())
+        changed = {}
+        for session in sessions:
+            counts = (session.attachment.bytes_in, session.attachment.bytes_out)
+            if counts != session.counted:
+                changed[session] = counts
+        kicked = await self._store.renew_sessions(self.node, self._reactor.seconds() + self.lease,
+                                                  {session.id: counts for session, counts in changed.items()})
+        for session, counts in changed.items():
+            session.counted = counts
+        for record in kicked:
             self._close_kicked(record)
-        return len(counters)
+        return len(sessions)
 
     async def forget_earlier_runs(self) -> int:
         """At a sole node's start: the sessions and locks an earlier run left (it crashed) go now, not a lease later."""

@@ -220,9 +220,9 @@ class MemoryStore:
         return succeed(sorted(found, key=lambda r: (r.since, r.id)))
 
     def renew_sessions(self, node, expires, counters):
-        for session_id, (bytes_in, bytes_out) in counters.items():
-            record = self.sessions.get(session_id)
-            if record is not None and record.node == node:
+        for session_id, record in list(self.sessions.items()):
+            if record.node == node:
+                bytes_in, bytes_out = counters.get(session_id, (record.bytes_in, record.bytes_out))
                 self.sessions[session_id] = evolve(record, expires=expires, bytes_in=bytes_in, bytes_out=bytes_out)
         self.renew_locks(node, expires)
         return succeed([r for r in self.sessions.values() if r.node == node and r.kick_reason is not None])

@@ -224,6 +224,18 @@ class StoreContract:
         self.get(self.store.close_sessions(["a"]))
         self.assertEqual([r.id for r in self.get(self.store.list_sessions(0.0))], ["b"])
 
+    def test_renewal_extends_every_lease_of_the_node_and_stores_the_counts_given(self):
+        """All of a node's sessions are renewed; byte counts only where given (hundreds of them, in chunks)."""
+        self.get(self.store.create_server(_server()))
+        ids = [f"s{i:04d}" for i in range(700)]
+        for sid in ids:
+            self.session(sid)
+        self.session("other", node="n2")
+        counts = {sid: (i, 2 * i + 1) for i, sid in enumerate(ids) if i % 3}  # a third unchanged since the last renewal
+        self.assertEqual(self.get(self.store.renew_sessions("n1", 100.0, counts)), [])
+        renewed = {r.id: (r.bytes_in, r.bytes_out) for r in self.get(self.store.list_sessions(50.0))}
+        self.assertEqual(renewed, {sid: counts.get(sid, (0, 0)) for sid in ids})
+
     def test_open_and_close_session(self):
         """Opening takes the lock and records the session at once; a busy console records nothing."""
         self.get(self.store.create_server(_server()))

@@ -3,7 +3,7 @@
 import itertools
 import sqlite3
 
-from attrs import define, field
+from attrs import define, evolve, field
 from hypothesis import given, strategies as st
 
 from twisted.internet.defer import Deferred, fail
@@ -463,6 +463,21 @@ class LeaseTests(SessionTestCase):
             self.reactor.advance(10)
         self.failureResultOf(self.attach(manager=self.make_manager("node-2", sole_node=False)), ConsoleBusy)
         self.assertEqual(len(self.successResultOf(Deferred.fromCoroutine(self.manager.list()))), 1)
+
+    def test_renewal_writes_the_byte_counts_that_changed(self):
+        """Each renewal extends every lease and stores the byte counts of the sessions whose counts moved since."""
+        writer, session, vm, vm_transport = self.attached()
+        quiet = self.successResultOf(self.attach(peer="127.0.0.1:5001", mode="read"))
+        self.written()
+        for _ in range(2):
+            self.manager.from_client(session, b"ls\r")
+            self.successResultOf(Deferred.fromCoroutine(self.manager.renew()))
+            # A count in the rows that renewals must leave alone while the session's own does not move:
+            self.store.sessions[quiet.id] = evolve(self.store.sessions[quiet.id], bytes_in=99)
+        self.reactor.advance(5)
+        self.successResultOf(Deferred.fromCoroutine(self.manager.renew()))
+        rows = {r.id: (r.bytes_in, r.expires) for r in self.store.sessions.values()}
+        self.assertEqual(rows, {session.id: (6, self.reactor.seconds() + 30.0), quiet.id: (99, self.reactor.seconds() + 30.0)})
 
     def test_dead_node_lock_expires(self):
         """A lock whose node stopped renewing is taken over after the lease."""
