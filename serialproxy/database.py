@@ -64,10 +64,16 @@ class Dialect:
         return re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", self.kwargs.get("dsn", ""))
 
 
+SQLITE_AT_LEAST = (3, 33)  # UPDATE ... FROM (lease renewal); Debian 12 has 3.40
+
+
 def parse_url(url: str) -> Dialect:
     """Turn a database URL into a :class:`Dialect`."""
     parts = urlsplit(url)
     if parts.scheme == "sqlite":
+        if sqlite3.sqlite_version_info < SQLITE_AT_LEAST:
+            raise DatabaseError(f"SQLite {sqlite3.sqlite_version} is too old: serialproxy needs SQLite "
+                                f"{'.'.join(map(str, SQLITE_AT_LEAST))} or newer (UPDATE ... FROM), or PostgreSQL")
         path = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
         if parts.netloc or not path:
             raise DatabaseError(f"bad sqlite URL {url!r}: expected sqlite:///relative/path or sqlite:////absolute/path")

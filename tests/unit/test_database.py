@@ -2,6 +2,7 @@
 
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 
@@ -77,6 +78,14 @@ class SQLiteMigrationTests(MigrationContract, SynchronousTestCase):
     def test_migrations_are_numbered(self):
         """Migration files are numbered 1, 2, ... without gaps."""
         self.assertEqual([v for v, _ in migrations()], list(range(1, len(migrations()) + 1)))
+
+    def test_old_sqlite_refused_with_the_version_needed(self):
+        """An SQLite without UPDATE ... FROM is refused by name and version, before anything is opened."""
+        self.patch(sqlite3, "sqlite_version_info", (3, 31, 1))
+        self.patch(sqlite3, "sqlite_version", "3.31.1")
+        message = str(self.assertRaises(DatabaseError, parse_url, "sqlite:///x.sqlite"))
+        self.assertIn("SQLite 3.31.1 is too old", message)
+        self.assertIn("3.33 or newer", message)
 
     def test_bad_url(self):
         """An unknown or malformed URL is a DatabaseError naming it."""
