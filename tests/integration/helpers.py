@@ -5,20 +5,24 @@ everything a helper starts is stopped by a cleanup it registers on the test
 case. Every wait is bounded in time (and every poll in count).
 """
 
+import datetime
 import hashlib
+import ipaddress
 import json
 import os
 from urllib.parse import parse_qs, urlsplit
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from treq.client import HTTPClient
-from twisted.internet import reactor, tcp
+from twisted.internet import reactor, ssl, tcp
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
+from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString, wrapClientTLS
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.iweb import IPolicyForHTTPS
+from zope.interface import implementer
 
 from serialproxy.config import load_config
 from serialproxy.database import open_database
@@ -30,6 +34,7 @@ __all__ = [
     "IntegrationTestCase",
     "Node",
     "start_node",
+    "self_signed",
     "FakeVM",
     "start_vm",
     "closed_port",
@@ -140,19 +145,20 @@ class IntegrationTestCase(TestCase):
 class Node:
     """One serialproxy node: the whole service tree on a loopback port."""
 
-    def __init__(self, case, top, database, path, http):
+    def __init__(self, case, top, database, path, http, trust=None):
         self.case = case
         self.top = top
         self.database = database
         self.path = path
         self.http = http
+        self.trust = trust  # the certificate of a TLS node (ssl_only), which its clients trust
         self.port = top.urls.port
         self.store = SQLStore(database)
         self.keys = KeyService(self.store, reactor)
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.trust else 'http'}://127.0.0.1:{self.port}"
 
     def sessions(self) -> list:
         return self.top.sessions.sessions()
@@ -212,18 +218,60 @@ def token_of(url: str) -> str:
     return parse_qs(urlsplit(url).query)["token"][0]
 
 
-async def start_node(case: IntegrationTestCase, **flags) -> Node:
-    """Start a node with a fresh sqlite database; it is stopped at cleanup."""
+def self_signed(directory: str) -> tuple:
+    """A throwaway certificate for 127.0.0.1 and its key, as PEM files: ``(cert path, key path, ssl.Certificate)``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+                   .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+                   .sign(key, hashes.SHA256()))
+    cert_pem = certificate.public_bytes(serialization.Encoding.PEM)
+    cert_path, key_path = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    with open(cert_path, "wb") as f:
+        f.write(cert_pem)
+    with open(key_path, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    return cert_path, key_path, ssl.Certificate.loadPEM(cert_pem)
+
+
+@implementer(IPolicyForHTTPS)
+class _Trusting:
+    """HTTPS for treq that trusts one certificate (a test node's) and checks the host against it."""
+
+    def __init__(self, certificate):
+        self._certificate = certificate
+
+    def creatorForNetloc(self, hostname, port):
+        return ssl.optionsForClientTLS(hostname.decode("ascii"), trustRoot=self._certificate)
+
+
+async def start_node(case: IntegrationTestCase, tls: bool = False, **flags) -> Node:
+    """Start a node with a fresh sqlite database (``tls``: ssl_only, with a throwaway certificate); stopped at cleanup."""
     state = os.path.abspath(case.mktemp())
     os.makedirs(state)
     path = os.path.join(state, "serialproxy.sqlite")
     database = open_database("sqlite:///" + path)
     options = {"enabled": "true", "serialproxy-port": "0", "state-dir": state}
+    http, trust = case.http, None
+    if tls:
+        cert, key, trust = self_signed(state)
+        options.update({"ssl-only": "true", "cert": cert, "key": key})
+        http = HTTPClient(Agent(reactor, contextFactory=_Trusting(trust), pool=HTTPConnectionPool(reactor, persistent=False)))
     options.update(flags)
     config = load_config(None, options)
     top = build_service(config, reactor, database=database)
     top.startService()
-    node = Node(case, top, database, path, case.http)
+    node = Node(case, top, database, path, http, trust)
     case.addCleanup(node.stop)
     await wait_until(lambda: top.urls.port != 0, "the HTTP listener to bind")
     node.port = top.urls.port
@@ -439,8 +487,9 @@ class ConsoleClient:
     kept in ``texts``; ``code`` and ``reason`` are set when it closes.
     """
 
-    def __init__(self, url: str, origin=None, protocols=None, keep: bool = True):
+    def __init__(self, url: str, origin=None, protocols=None, keep: bool = True, trust=None):
         self.url = url
+        self.trust = trust  # for wss://: the certificate to trust
         self.origin = origin
         self.protocols = protocols
         self.keep = keep
@@ -463,6 +512,8 @@ class ConsoleClient:
         factory.console = self
         factory.noisy = False
         endpoint = TCP4ClientEndpoint(reactor, factory.host, factory.port, timeout=5)
+        if factory.isSecure:
+            endpoint = wrapClientTLS(ssl.optionsForClientTLS(factory.host, trustRoot=self.trust), endpoint)
         self.protocol = await within(endpoint.connect(factory), "the websocket TCP connection")
         case.addCleanup(self.close)
         return self

@@ -130,6 +130,30 @@ class BulkTests(IntegrationTestCase):
         self.assertEqual(client.hash.hexdigest(), hashlib.sha256(data).hexdigest())
 
 
+class TLSTests(IntegrationTestCase):
+    async def test_wss_console_both_ways(self):
+        """With ssl_only the API and the console are https/wss; the console carries bytes both ways over TLS."""
+        node = await start_node(self, tls=True)
+        vm = await start_vm(self, SinkVM)
+        _server, url = await node.console_for(vm)
+        self.assertTrue(url.startswith("wss://127.0.0.1:"), url)
+        client = await open_console(self, url, trust=node.trust)
+        await wait_until(lambda: node.sessions(), "the session to attach")
+        tls = node.sessions()[0].attachment.client.transport
+        self.assertIs(type(tls.transport), ClientTransport, "TLS runs over the listener's own transport")
+        data = random.Random(443).randbytes(4 * MIB)
+        for offset in range(0, len(data), 64 * 1024):
+            client.send(data[offset:offset + 64 * 1024])
+        sink = await vm.connected()
+        await wait_until(lambda: sink.count >= len(data), "4 MiB at the VM over TLS", timeout=20)
+        self.assertEqual(sink.hash.hexdigest(), hashlib.sha256(data).hexdigest())
+        sink.transport.write(b"from the VM")
+        await wait_until(lambda: bytes(client.received) == b"from the VM", "the VM's bytes over TLS")
+        client.protocol.sendClose(1000)
+        code, _reason = await client.closed()
+        self.assertEqual(code, 1000)
+
+
 class FlowControlTests(IntegrationTestCase):
     async def test_slow_client_pauses_the_vm(self):
         """A client that stops reading makes the proxy stop reading the VM; resuming delivers the rest intact."""
