@@ -81,8 +81,8 @@ class ClientTransport(tcp.Server):
     A client that types into a console at full speed sends 64 KiB frames; read
     64 KiB at a time, each frame took two reads and two writes to the VM.
     Read 512 KiB at a time, the frames of a read go to the VM in one write
-    (``ClientFrames``): the proxy's CPU per MiB from client to VM fell by
-    about half (docs/performance.md). Twisted's ``bufferSize`` is both its
+    (``ClientFrames``): the proxy's CPU per MiB from client to VM fell by a
+    third to a half (docs/performance.md). Twisted's ``bufferSize`` is both its
     read size and the write buffer's pause threshold, which bounds what a
     client that stops reading costs; so the read size is this class's own
     and the threshold stays Twisted's. The listener uses this class for
