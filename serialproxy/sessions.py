@@ -343,11 +343,7 @@ class SessionManager:
         if not self._sessions:
             return 0
         sessions = list(self._sessions.values())
-        changed = {}
-        for session in sessions:
-            counts = (session.attachment.bytes_in, session.attachment.bytes_out)
-            if counts != session.counted:
-                changed[session] = counts
+        changed = {s: counts for s in sessions if (counts := (s.attachment.bytes_in, s.attachment.bytes_out)) != s.counted}
         kicked = await self._store.renew_sessions(self.node, self._reactor.seconds() + self.lease,
                                                   {session.id: counts for session, counts in changed.items()})
         for session, counts in changed.items():

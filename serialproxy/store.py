@@ -285,9 +285,9 @@ def _renew_sessions_txn(cursor, node, expires, counters):
     for start in range(0, len(rows), _COUNTER_ROWS):
         chunk = rows[start:start + _COUNTER_ROWS]
         values = ", ".join(["(?, ?, ?)"] * len(chunk))
+        params = [value for session_id, counts in chunk for value in (session_id, *counts)]
         cursor.execute(f"UPDATE console_sessions SET bytes_in = v.column2, bytes_out = v.column3 FROM (VALUES {values}) AS v "
-                       "WHERE console_sessions.id = v.column1 AND console_sessions.node = ?",
-                       (*(x for session_id, (bytes_in, bytes_out) in chunk for x in (session_id, bytes_in, bytes_out)), node))
+                       "WHERE console_sessions.id = v.column1 AND console_sessions.node = ?", (*params, node))
     cursor.execute("UPDATE console_locks SET expires = ? WHERE node = ?", (expires, node))
     rows = cursor.execute(f"SELECT {_SESSION_COLUMNS} FROM console_sessions WHERE node = ? AND kick_reason IS NOT NULL",
                           (node,)).fetchall()
