@@ -12,6 +12,7 @@ text frames from the client go to the VM as bytes. The ``binary`` and
 import base64
 import binascii
 import inspect
+import random
 import struct
 from typing import Callable, ClassVar, Optional
 from urllib.parse import urlsplit
@@ -181,6 +182,14 @@ class ConsoleProtocol(WebSocketServerProtocol):
         self._dataReceived(data)
 
     def onConnect(self, request):
+        # Each connection pings at an interval of its own, between three
+        # quarters of ping_interval and all of it (autobahn schedules the
+        # first ping once the handshake succeeds, right after this). With one
+        # interval for all, sessions opened together (every client
+        # reconnecting after a restart) are pinged together, in one reactor
+        # turn per thousand, for as long as they last.
+        if self.autoPingInterval:
+            self.autoPingInterval *= random.uniform(0.75, 1.0)
         params = request.params
         self._secret = (params.get("token") or [None])[0]
         self._mode = (params.get("mode") or ["write"])[0]

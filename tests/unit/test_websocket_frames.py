@@ -1,11 +1,11 @@
-"""ClientFrames: the console's own reader of plain binary client frames, against frames built by the RFC."""
+"""ClientFrames (the console's own reader of plain binary client frames) against frames built by the RFC; each connection's ping interval."""
 
 import struct
 
 from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from serialproxy.websocket import MAX_FRAME, ClientFrames
+from serialproxy.websocket import MAX_FRAME, ClientFrames, ConsoleFactory
 
 
 def frame(payload: bytes, mask: bytes = b"\x01\x02\x03\x04", first: int = 0x82, masked: bool = True,
@@ -96,3 +96,28 @@ class ClientFramesTests(SynchronousTestCase):
             frames = ClientFrames(lambda data: None, MAX_FRAME)
             self.assertEqual(frames.feed(whole[:cut]), b"")
             self.assertEqual(frames.idle, idle)
+
+
+class _Request:
+    """What ConsoleProtocol.onConnect reads of autobahn's ConnectionRequest."""
+
+    params = {"token": ["t"]}
+    headers = {"host": "127.0.0.1:6083"}
+    protocols = []
+
+
+class PingTests(SynchronousTestCase):
+    def test_each_connection_pings_at_an_interval_of_its_own(self):
+        """Between three quarters of ping_interval and all of it, so that sessions opened together are not pinged together."""
+        factory = ConsoleFactory(sessions=None, ping_interval=20)
+        intervals = []
+        for _ in range(50):
+            protocol = factory.buildProtocol(None)
+            protocol.onConnect(_Request())
+            intervals.append(protocol.autoPingInterval)
+        self.assertTrue(all(15 <= interval <= 20 for interval in intervals), intervals)
+        self.assertGreater(len(set(intervals)), 40)
+        self.assertEqual(factory.buildProtocol(None).autoPingInterval, 20)  # the configured interval stays as it was
+        unpinged = ConsoleFactory(sessions=None, ping_interval=0).buildProtocol(None)
+        unpinged.onConnect(_Request())
+        self.assertEqual(unpinged.autoPingInterval, 0)
