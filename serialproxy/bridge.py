@@ -15,6 +15,7 @@ One byte path serves websocket and telnet clients alike.
 
 import errno
 import ipaddress
+import os
 from collections import deque
 from typing import Callable, ClassVar, Optional
 
@@ -28,8 +29,8 @@ from zope.interface import Attribute, Interface, implementer
 
 from .errors import CloseCode, SerialProxyError
 
-__all__ = ["Attachment", "ClientTransport", "Console", "IConsoleClient", "Scrollback", "VMUnreachable", "send_now",
-           "vm_endpoint"]
+__all__ = ["Attachment", "ClientTransport", "Console", "IConsoleClient", "NodeFull", "Scrollback", "VMUnreachable",
+           "send_now", "vm_endpoint"]
 
 READ_ONLY_NOTICE = b"\r\n[serialproxy: read-only session: what you type is not sent to the VM]\r\n"
 
@@ -39,6 +40,13 @@ class VMUnreachable(SerialProxyError):
 
     http_status = 502
     close_code = CloseCode.VM_UNREACHABLE
+
+
+class NodeFull(SerialProxyError):
+    """This node has no file descriptor left for another VM connection (its open-file limit)."""
+
+    http_status = 503
+    close_code = CloseCode.TRY_AGAIN_LATER
 
 
 class IConsoleClient(Interface):
@@ -294,6 +302,9 @@ class Console:
             factory.noisy = False
             self._vm = await endpoint.connect(factory)
         except (ConnectError, DNSLookupError, TimeoutError, OSError) as e:
+            if _errno(e) in (errno.EMFILE, errno.ENFILE):
+                raise NodeFull("the console proxy is at its open-file limit and takes no more sessions now; "
+                               "try again later") from e
             raise VMUnreachable(f"cannot reach the VM serial port at {where}: {_reason(e)}") from e
 
     @property
@@ -375,8 +386,17 @@ class Console:
             attachment.client.close(CloseCode.VM_CLOSED, "the VM closed its serial port")
 
 
+def _errno(error: Exception) -> Optional[int]:
+    """The errno behind a failed connection: Twisted's ``osError`` (a number, or text), or an OSError's."""
+    code = getattr(error, "osError", None)
+    return code if isinstance(code, int) else getattr(error, "errno", None)
+
+
 def _reason(error: Exception) -> str:
     if isinstance(error, TimeoutError):
         return "connection timed out"
-    text = getattr(error, "osError", None) or error
+    code = getattr(error, "osError", None)
+    if isinstance(code, int):
+        return os.strerror(code)  # "Connection refused", not "111"
+    text = code or error
     return str(text).strip().rstrip(".") or type(error).__name__

@@ -37,6 +37,7 @@ FLUSH_TIMEOUT = 5      # seconds left to write the last output when the console 
 CLOSE_WORDS = {
     1000: "closed", 1001: "the proxy is going away", 1002: "websocket protocol error", 1006: "connection lost",
     1007: "text frame that is not UTF-8", 1009: "message too big", 1011: "internal error in the proxy",
+    1013: "the proxy is full: try again later",
     4000: "bad request", 4001: "token invalid: ask the API for a new console URL",
     4002: "token expired: ask the API for a new console URL", 4003: "origin refused", 4004: "the server was deleted",
     4008: "idle timeout", 4009: "console busy", 4010: "kicked", 4011: "too slow: fell behind the console's output",

@@ -35,6 +35,8 @@
     1011: { title: "Proxy error", reconnect: true,
       text: "The console proxy hit an internal error (its log has the details). Reconnecting may work; " +
         "if it keeps happening, report it." },
+    1013: { title: "The console proxy is full", reconnect: true,
+      text: "The proxy holds as many sessions as it can right now. Try again in a moment." },
     4000: { title: "Bad console URL", reconnect: false,
       text: "This console URL is malformed (no token, or an unknown mode). Get a new console URL." },
     4001: EXPIRED,

@@ -293,7 +293,7 @@ class RefusalTests(IntegrationTestCase):
         client = await open_console(self, await node.console_url(member, server))
         code, reason = await client.closed()
         self.assertEqual(code, CloseCode.VM_UNREACHABLE)
-        self.assertIn(f"127.0.0.1:{port}", reason)
+        self.assertEqual(reason, f"cannot reach the VM serial port at 127.0.0.1:{port}: Connection refused")
         await wait_until(lambda: not node.sessions(), "the session to go")
 
     async def test_server_deleted(self):

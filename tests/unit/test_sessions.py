@@ -7,14 +7,14 @@ from attrs import define, evolve, field
 from hypothesis import given, strategies as st
 
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.error import ConnectBindError, ConnectionDone, ConnectionRefusedError, getConnectError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from serialproxy.bridge import READ_ONLY_NOTICE, IConsoleClient, VMUnreachable
+from serialproxy.bridge import READ_ONLY_NOTICE, IConsoleClient, NodeFull, VMUnreachable
 from serialproxy.errors import BadRequest, CloseCode, ConsoleBusy, NotFound, TokenInvalid
 from serialproxy.interfaces import SerialPort, Server
 from serialproxy.sessions import SessionManager
@@ -193,6 +193,24 @@ class WriterTests(SessionTestCase):
         self.assertIn("127.0.0.1:7000", str(self.failureResultOf(d, VMUnreachable).value))
         self.written()
         self.assertEqual((self.store.locks, self.store.sessions), ({}, {}))
+
+    def test_unreachable_vm_reason_reads_as_words(self):
+        """The errno Twisted reports becomes its text: 'Connection refused', not '111'."""
+        d = self.attach()
+        self.reactor.tcpClients[-1][2].clientConnectionFailed(None, Failure(getConnectError((111, "Connection refused"))))
+        self.assertEqual(str(self.failureResultOf(d, VMUnreachable).value),
+                         "cannot reach the VM serial port at 127.0.0.1:7000: Connection refused")
+
+    def test_out_of_files_is_try_again_later(self):
+        """No file descriptor left for the VM connection: 1013 try again later, not the VM's fault; nothing kept."""
+        d = self.attach()
+        self.reactor.tcpClients[-1][2].clientConnectionFailed(None, Failure(ConnectBindError(24, "Too many open files")))
+        refusal = self.failureResultOf(d, NodeFull).value
+        self.assertEqual(refusal.close_code, CloseCode.TRY_AGAIN_LATER)
+        self.assertIn("open-file limit", str(refusal))
+        self.written()
+        self.assertEqual((self.store.locks, self.store.sessions), ({}, {}))
+        client, session, vm, vm_transport = self.attached()  # files back: the next one gets its VM connection
 
     def test_close_server(self):
         """Closing a server's sessions tells each client why."""
