@@ -13,7 +13,7 @@ from twisted.python import usage
 
 from . import __version__
 from .api import API
-from .bridge import ClientTransport
+from .transports import ClientTransport
 from .config import OPTIONS, Config, load_config
 from .consoles import RESERVED_FILES
 from .database import Database, NodeClaim, claim_sqlite, open_database, parse_url
@@ -82,7 +82,7 @@ class _ListeningEndpoint:
 
     def _bound(self, port):
         if type(port) is tcp.Port and port.transport is tcp.Server:
-            port.transport = ClientTransport  # reads 512 KiB at a time (see bridge.ClientTransport)
+            port.transport = ClientTransport  # reads 512 KiB at a time (see transports.ClientTransport)
         address = port.getHost()
         self._urls.port = getattr(address, "port", self._urls.port)
         where = f"{address.host}:{address.port}" if hasattr(address, "port") else str(address)

@@ -22,7 +22,8 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from .bridge import IConsoleClient, send_now
+from .bridge import IConsoleClient
+from .transports import send_now
 from .errors import CloseCode, SerialProxyError
 
 try:  # websockets' C unmasking (SSE2); without it autobahn reads every frame

@@ -14,7 +14,7 @@ import uuid
 
 from twisted.internet import reactor
 
-from serialproxy.bridge import ClientTransport
+from serialproxy.transports import ClientTransport
 from serialproxy.config import load_config
 from serialproxy.errors import CloseCode, DatabaseError
 from serialproxy.tap import build_service

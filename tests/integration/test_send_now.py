@@ -15,7 +15,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 
-from serialproxy.bridge import CLIENT_READ_SIZE, ClientTransport, held_bytes, send_now
+from serialproxy.transports import CLIENT_READ_SIZE, ClientTransport, held_bytes, send_now
 from serialproxy.websocket import ConsoleFactory
 
 from .helpers import IntegrationTestCase, wait_until, within

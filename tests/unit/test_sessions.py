@@ -759,7 +759,7 @@ class SendNowRestTests(SynchronousTestCase):
     @given(st.lists(st.binary(min_size=1, max_size=20), min_size=1, max_size=5), st.data())
     def test_rest_after_a_partial_send(self, chunks, data):
         """What send_now queues after a partial sendmsg is exactly the bytes not sent; uncut chunks are not copied."""
-        from serialproxy.bridge import _after
+        from serialproxy.transports import _after
 
         total = b"".join(chunks)
         sent = data.draw(st.integers(0, len(total)))
