@@ -382,7 +382,12 @@ class SessionManager:
 
 
 class _IdleTimer:
-    """Warns a writer that sent nothing for a while, then closes it."""
+    """Warns a writer that sent nothing for a while, then closes it.
+
+    Input only notes its time (no timer is moved per keystroke or read); the
+    timer, when it fires, looks at how long the writer has been quiet and
+    either sleeps again for the rest, warns, or closes.
+    """
 
     def __init__(self, clock, session: Session, timeout: int):
         self._clock = clock
@@ -390,26 +395,30 @@ class _IdleTimer:
         self._timeout = timeout
         self._warning = min(60, max(1, timeout // 4))
         self._call = None
-        self._warned = False
+        self._last = clock.seconds()
+        self._warned_at = None  # when it warned; input since then spares the session
 
     def start(self) -> "_IdleTimer":
-        self._call = self._clock.callLater(self._timeout - self._warning, self._warn)
+        self._call = self._clock.callLater(self._timeout - self._warning, self._check)
         return self
 
     def touch(self) -> None:
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._warned = False
-        self.start()
+        self._last = self._clock.seconds()
 
-    def _warn(self) -> None:
-        self._warned = True
-        self._session.client.send(
-            f"\r\n[serialproxy: no input for {self._timeout - self._warning} s; this session closes in "
-            f"{self._warning} s unless you type]\r\n".encode())
-        self._call = self._clock.callLater(self._warning, self._close)
-
-    def _close(self) -> None:
+    def _check(self) -> None:
+        quiet = self._clock.seconds() - self._last
+        if self._warned_at is not None and self._last >= self._warned_at:
+            self._warned_at = None  # typed after the warning: the count starts again
+        if self._warned_at is None:
+            if quiet < self._timeout - self._warning:
+                self._call = self._clock.callLater(self._timeout - self._warning - quiet, self._check)
+                return
+            self._warned_at = self._clock.seconds()
+            self._session.client.send(
+                f"\r\n[serialproxy: no input for {self._timeout - self._warning} s; this session closes in "
+                f"{self._warning} s unless you type]\r\n".encode())
+            self._call = self._clock.callLater(self._warning, self._check)
+            return
         self._session.client.close(CloseCode.IDLE_TIMEOUT, f"idle for {self._timeout} s: closed; reconnect to go on")
 
     def active(self) -> bool:

@@ -528,6 +528,29 @@ class TimeoutTests(SessionTestCase):
         self.reactor.advance(30)
         self.assertEqual(writer.closed[0], CloseCode.IDLE_TIMEOUT)
 
+    def test_typing_after_the_warning_spares_the_session_and_input_moves_no_timer(self):
+        """Input after the warning starts the count again; input only notes its time (no timer per keystroke)."""
+        self.manager = self.make_manager("node-1", idle_timeout=120)
+        writer, session, vm, vm_transport = self.attached()
+        scheduled = []
+        call_later = self.reactor.callLater
+        self.patch(self.reactor, "callLater", lambda *a, **kw: scheduled.append(a) or call_later(*a, **kw))
+        for _ in range(100):
+            self.manager.from_client(session, b"x")
+        self.assertEqual(scheduled, [])
+        self.reactor.advance(90)
+        self.assertEqual(writer.text.count(b"closes in 30 s"), 1)
+        self.reactor.advance(10)
+        self.manager.from_client(session, b"y")  # at 100, after the warning
+        self.reactor.advance(20)  # 120: the warning's 30 s are up, but it typed
+        self.assertIsNone(writer.closed)
+        self.reactor.advance(69)  # 189: 89 s after its input
+        self.assertEqual(writer.text.count(b"closes in 30 s"), 1)
+        self.reactor.advance(1)  # 190: 90 s after its input, warned again
+        self.assertEqual(writer.text.count(b"closes in 30 s"), 2)
+        self.reactor.advance(30)
+        self.assertEqual(writer.closed[0], CloseCode.IDLE_TIMEOUT)
+
     def test_idle_timeout_spares_spectators(self):
         """Spectators are not closed for idling."""
         self.manager = self.make_manager("node-1", idle_timeout=60)
