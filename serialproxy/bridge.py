@@ -297,7 +297,7 @@ class Console:
             attachment.bytes_in += sum(map(len, data))
             send_now(self._vm.transport, data)
             if attachment.on_input is not None:
-                attachment.on_input(data[0] if len(data) == 1 else b"".join(data))
+                attachment.on_input(b"".join(data))  # one piece: that piece itself, not a copy
 
     def vm_lost(self, reason) -> None:
         if self._lost:

@@ -393,33 +393,33 @@ class _IdleTimer:
         self._clock = clock
         self._session = session
         self._timeout = timeout
-        self._warning = min(60, max(1, timeout // 4))
+        self._warning = min(60, max(1, timeout // 4))  # seconds between the warning and the close
+        self._quiet = timeout - self._warning  # seconds without input before the warning
         self._call = None
         self._last = clock.seconds()
         self._warned_at = None  # when it warned; input since then spares the session
 
     def start(self) -> "_IdleTimer":
-        self._call = self._clock.callLater(self._timeout - self._warning, self._check)
+        self._call = self._clock.callLater(self._quiet, self._check)
         return self
 
     def touch(self) -> None:
         self._last = self._clock.seconds()
 
     def _check(self) -> None:
-        quiet = self._clock.seconds() - self._last
-        if self._warned_at is not None and self._last >= self._warned_at:
-            self._warned_at = None  # typed after the warning: the count starts again
-        if self._warned_at is None:
-            if quiet < self._timeout - self._warning:
-                self._call = self._clock.callLater(self._timeout - self._warning - quiet, self._check)
-                return
-            self._warned_at = self._clock.seconds()
-            self._session.client.send(
-                f"\r\n[serialproxy: no input for {self._timeout - self._warning} s; this session closes in "
-                f"{self._warning} s unless you type]\r\n".encode())
-            self._call = self._clock.callLater(self._warning, self._check)
+        now = self._clock.seconds()
+        if self._warned_at is not None and self._last < self._warned_at:  # warned, and nothing typed since
+            self._session.client.close(CloseCode.IDLE_TIMEOUT, f"idle for {self._timeout} s: closed; reconnect to go on")
             return
-        self._session.client.close(CloseCode.IDLE_TIMEOUT, f"idle for {self._timeout} s: closed; reconnect to go on")
+        quiet = now - self._last
+        if quiet < self._quiet:
+            self._warned_at = None
+            self._call = self._clock.callLater(self._quiet - quiet, self._check)
+            return
+        self._warned_at = now
+        self._session.client.send(f"\r\n[serialproxy: no input for {self._quiet} s; this session closes in "
+                                  f"{self._warning} s unless you type]\r\n".encode())
+        self._call = self._clock.callLater(self._warning, self._check)
 
     def active(self) -> bool:
         return self._call is not None and self._call.active()

@@ -13,7 +13,6 @@ from twisted.python import usage
 
 from . import __version__
 from .api import API
-from .transports import ClientTransport
 from .config import OPTIONS, Config, load_config
 from .consoles import RESERVED_FILES
 from .database import Database, NodeClaim, claim_sqlite, open_database, parse_url
@@ -26,6 +25,7 @@ from .servers import Servers
 from .sessions import SessionManager
 from .store import SQLStore
 from .tokens import KeyService, TokenService, new_id
+from .transports import ClientTransport
 from .web import make_site
 from .websocket import ConsoleFactory
 

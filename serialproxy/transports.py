@@ -39,10 +39,7 @@ class ClientTransport(tcp.Server):
             data = self.socket.recv(CLIENT_READ_SIZE)
         except OSError as e:
             return None if e.args[0] == errno.EWOULDBLOCK else main.CONNECTION_LOST
-        if not data:
-            return main.CONNECTION_DONE
-        self.protocol.dataReceived(data)
-        return None
+        return self._dataReceived(data)  # Twisted's: the end of the connection, or the protocol's dataReceived
 
 
 def _plain_tcp(transport) -> bool:

@@ -23,8 +23,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from .bridge import IConsoleClient
-from .transports import send_now
 from .errors import CloseCode, SerialProxyError
+from .transports import send_now
 
 try:  # websockets' C unmasking (SSE2); without it autobahn reads every frame
     from websockets.speedups import apply_mask
@@ -60,9 +60,10 @@ class ClientFrames:
     at most ``max_payload`` bytes is unmasked (websockets' C ``apply_mask``)
     and its payload handed on as reads bring it: ``deliver(*pieces)`` once
     per read, with the unmasked pieces of every frame that read carried (one
-    write to the VM), and no copy of the buffer per frame. At the first frame of any other kind
-    (control frames, text, fragments, anything unusual or invalid) ``feed``
-    stops and returns the bytes from that frame on, for autobahn to read.
+    write to the VM), and no copy of the buffer per frame. At the first frame
+    of any other kind (control frames, text, fragments, anything unusual or
+    invalid) ``feed`` stops and returns the bytes from that frame on, for
+    autobahn to read.
     """
 
     __slots__ = ("_deliver", "_max", "_head", "_left", "_mask")
