@@ -200,7 +200,33 @@ def _new_sessions(results: dict) -> str:
                  + (f", {_num(_ratio(floor[0], websockify[0]), 1, '×')} / {_num(_ratio(floor[1], websockify[1]), 1, '×')} "
                     "websockify's" if all(websockify) else "")
                  + ": the most any design on this reactor and this machine can reach with this load client.")
+    phases = _phases(results)
+    if phases:
+        text += "\n\n" + phases
     return text
+
+
+_PHASE_ROWS = (("serialproxy", "serialproxy"), ("linger", "serialproxy, console_linger = 5"),
+               ("floor", "Twisted floor"), ("websockify", "websockify"), ("raw", "raw TCP"))
+
+
+def _phases(results: dict) -> str:
+    """One after another, each phase of a new session as the load client saw it (median of the rounds' medians)."""
+    rows = []
+    for key, name in _PHASE_ROWS:
+        runs = [r["phases_us"] for r in _get(results, key, "new_sequential", "runs") or () if r.get("phases_us")]
+        if not runs or any(v is None for r in runs for v in r.values()):
+            continue
+        medians = [statistics.median(r[p] for r in runs) for p in ("connect", "upgrade", "first_byte", "close")]
+        rows.append([name, *(f"{m:,.0f}" for m in medians), f"{sum(medians):,.0f}"])
+    if not rows:
+        return ""
+    return ("Where a new session's time goes, one after another, as the load client sees it (µs, medians of the "
+            "rounds' medians). The proxies dial the VM after their 101, so the VM connection is in \"first byte back\" "
+            "(except with `console_linger`, which reuses it); raw TCP has no upgrade (the column is the client's own "
+            "turn) and its close is a plain TCP close:\n\n"
+            + _table(["one after another", "TCP connect", "upgrade (token check, lock, 101)", "first byte back",
+                      "closing handshake", "total"], rows))
 
 
 def _samples(samples: list) -> str:
@@ -302,7 +328,9 @@ METHOD = """\
 - **New sessions**: connect + websocket upgrade (serialproxy: + token check, writer lock, VM connect) + one
   byte echoed + closing handshake until the server drops TCP; serialproxy rotates over a pool of consoles
   with reused tokens so that a console is free again before its next session. Proxy CPU per session is the
-  daemon's (websockify: the listener's and its reaped children's) CPU time over the sessions done.
+  daemon's (websockify: the listener's and its reaped children's) CPU time over the sessions done. One after
+  another, the phases are timed from the client: TCP connect until `connection_made`, upgrade until the 101 is
+  read, first byte until the echo is back, closing handshake until the server has dropped TCP.
 - **Stalled reader**: a writer reads 1 MiB of a flooding console, then stops reading; the proxy's PSS is
   sampled every 0.5 s. Spectators: `&mode=read` sessions of one flooding console with no writer, reading as
   fast as this client can, or stalled. A stalled spectator that falls `spectator_lag_bytes` behind is sent

@@ -213,21 +213,30 @@ async def throughput(target, way: str, total: int, index: int, timeout: float) -
     return {"mib_per_s": rate, "error": error, "proxy_cpu_s": cpu_seconds(target.proxy_pids(mode), reaped=True) - cpu}
 
 
-async def _cycle(target) -> None:
-    """One new session: connect, upgrade (and token check), first byte back, close."""
+PHASES = ("connect", "upgrade", "first_byte", "close")  # of a new session, as the load client sees them
+
+
+async def _cycle(target) -> tuple:
+    """One new session: connect, upgrade (and token check), first byte back, close; each phase's seconds."""
+    start = time.perf_counter()
     session = await open_session(target, OPEN_TIMEOUT)
+    marks = [start, session.made_at, time.perf_counter()]
     try:
         await session.echo(b"!", OPEN_TIMEOUT)
+        marks.append(time.perf_counter())
         await session.close()
+        marks.append(time.perf_counter())
     except BaseException:
         session.abort()
         raise
+    return tuple(b - a for a, b in zip(marks, marks[1:]))
 
 
 async def new_sessions(target, pool: int, count: int, parallel: int, time_limit: float) -> dict:
     """New sessions per second, one after another (parallel=1) or ``parallel`` at a time."""
     targets = target.targets("echo", pool)
     errors = collections.Counter()
+    phases = []
     done = 0
     next_index = 0
     deadline = time.monotonic() + time_limit
@@ -238,7 +247,7 @@ async def new_sessions(target, pool: int, count: int, parallel: int, time_limit:
             t = targets[next_index % len(targets)]
             next_index += 1
             try:
-                await _cycle(t)
+                phases.append(await _cycle(t))
                 done += 1
             except Exception as e:
                 errors[_why(e)] += 1
@@ -250,7 +259,9 @@ async def new_sessions(target, pool: int, count: int, parallel: int, time_limit:
     elapsed = time.monotonic() - start
     await _settle(0.5)  # let the last children be reaped
     return {"parallel": parallel, "sessions": done, "seconds": elapsed, "per_second": done / elapsed,
-            "errors": dict(errors), "proxy_cpu_ms_per_session": 1000 * (cpu_seconds(master, reaped=True) - cpu) / max(1, done)}
+            "errors": dict(errors), "proxy_cpu_ms_per_session": 1000 * (cpu_seconds(master, reaped=True) - cpu) / max(1, done),
+            "phases_us": {name: 1e6 * statistics.median(p[i] for p in phases) if phases else None
+                          for i, name in enumerate(PHASES)}}
 
 
 async def _watch_memory(pids: Callable[[], list], seconds: float, interval: float = 0.5) -> List[tuple]:

@@ -9,6 +9,7 @@ stop reading (``stall``) to play a client that stopped reading.
 
 import asyncio
 import socket
+import time
 from typing import Optional
 
 from websockets.client import ClientProtocol
@@ -42,6 +43,7 @@ class Session(asyncio.Protocol):
     def __init__(self):
         loop = asyncio.get_running_loop()
         self.transport = None
+        self.made_at = None  # time.perf_counter() when the TCP connection was made (before anything is sent)
         self.received = 0
         self.close_code = None
         self.close_reason = ""
@@ -120,6 +122,7 @@ class TCPSession(Session):
     """A raw TCP connection (the baseline): payload is every byte."""
 
     def connection_made(self, transport):
+        self.made_at = time.perf_counter()
         self.transport = transport
         self.opened.set_result(None)
 
@@ -143,6 +146,7 @@ class WebSocketSession(Session):
         self._close_timer = None
 
     def connection_made(self, transport):
+        self.made_at = time.perf_counter()
         self.transport = transport
         self._ws.send_request(self._ws.connect())
         self._flush()

@@ -21,3 +21,4 @@ class BenchSmokeTests(SynchronousTestCase):
         self.assertNotIn("The run failed", text)
         self.assertIn("For scale, the floor", text)
         self.assertIn("With `console_linger = 5`", text)
+        self.assertRegex(text, r"\| serialproxy \| [\d,]+ \| [\d,]+ \| [\d,]+ \| [\d,]+ \| [\d,]+ \|")  # phases, one after another
