@@ -363,7 +363,12 @@ class ConsoleFactory(WebSocketServerFactory):
             maxFramePayloadSize=MAX_FRAME,
             maxMessagePayloadSize=MAX_MESSAGE,
             autoFragmentSize=MAX_FRAME,
-            openHandshakeTimeout=30,
+            # No opening-handshake timer of autobahn's (a timer made and
+            # cancelled per session): the listener reads the whole request
+            # head within web.HTTP_TIMEOUT before autobahn sees it, and the
+            # handshake then completes in the same call (onConnect never
+            # returns a Deferred).
+            openHandshakeTimeout=0,
             closeHandshakeTimeout=5,
             # Pings find clients whose network went away (and keep load
             # balancers with 60 s idle cuts from dropping quiet consoles).

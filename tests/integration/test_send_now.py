@@ -121,7 +121,7 @@ class SendNowTests(IntegrationTestCase):
         protocol.sendData(b"chopped", chopsize=3)  # autobahn's send queue, drained over reactor turns
         await wait_until(lambda: bytes(peer.received) == b"HTTP/1.1 101 chopped", "both, in order")
         transport.abortConnection()
-        await wait_until(lambda: protocol.openHandshakeTimeoutCall is None, "autobahn to see the connection go")
+        await wait_until(lambda: protocol.state == protocol.STATE_CLOSED, "autobahn to see the connection go")
 
 
 class ClientTransportTests(SendNowTests):

@@ -1,0 +1,37 @@
+"""bridge.vm_endpoint: which endpoint dials a VM serial port's address."""
+
+from twisted.internet import endpoints
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
+
+from serialproxy.bridge import vm_endpoint
+
+
+class VMEndpointTests(SynchronousTestCase):
+    def dialled(self, host: str):
+        """The endpoint for ``host`` and the (host, port, timeout) it connected to, if it is a plain TCP one."""
+        reactor = MemoryReactorClock()
+        endpoint = vm_endpoint(reactor, host, 4555, 7.0)
+        endpoint.connect(Factory.forProtocol(Protocol))
+        connected = [(h, port, timeout) for h, port, _, timeout, _ in reactor.tcpClients]
+        return endpoint, connected
+
+    def test_ipv4_literal(self):
+        """An IPv4 address is dialled as it is, with no name resolution, with the connect timeout."""
+        endpoint, connected = self.dialled("192.0.2.7")
+        self.assertIsInstance(endpoint, endpoints.TCP4ClientEndpoint)
+        self.assertEqual(connected, [("192.0.2.7", 4555, 7.0)])
+
+    def test_ipv6_literal(self):
+        """An IPv6 address, bracketed or not (a scope too), is dialled over IPv6 with no name resolution."""
+        for host, expected in (("[2001:db8::5]", "2001:db8::5"), ("::1", "::1"), ("fe80::1%lo", "fe80::1%lo")):
+            endpoint, connected = self.dialled(host)
+            self.assertIsInstance(endpoint, endpoints.TCP6ClientEndpoint, host)
+            self.assertEqual(connected, [(expected, 4555, 7.0)], host)
+
+    def test_host_name(self):
+        """Anything else is a host name, resolved when dialled; a dotted name that is not an address too."""
+        for host in ("hypervisor-3.example", "1.2.3", "1.2.3.400"):
+            endpoint = vm_endpoint(MemoryReactorClock(), host, 4555, 7.0)
+            self.assertIsInstance(endpoint, endpoints.HostnameEndpoint, host)
