@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 from procs import Processes, file_limit, tree
 
@@ -198,8 +198,9 @@ class Serialproxy:
     name = "serialproxy"
     key = "serialproxy"
 
-    def __init__(self, processes: Processes, workdir: str, file_limit_hard: Optional[int] = None, settings: str = ""):
-        """``settings``: more ``[serial_console]`` lines for its config file."""
+    def __init__(self, processes: Processes, workdir: str, file_limit_hard: Optional[int] = None, settings: str = "",
+                 twistd_args: Sequence[str] = ()):
+        """``settings``: more ``[serial_console]`` lines for its config file; ``twistd_args``: more twistd options."""
         self._dir = workdir
         os.makedirs(workdir, exist_ok=True)
         self.config = os.path.join(workdir, "serialproxy.ini")
@@ -208,7 +209,7 @@ class Serialproxy:
                     + settings)
         self.admin_key = self._manage("create-key", "--tenant", "ops", "--admin")
         self.log = os.path.join(workdir, "twistd.log")
-        self.process = processes.start([os.path.join(BIN, "twistd"), "-n", "--pidfile=", "-l", self.log,
+        self.process = processes.start([os.path.join(BIN, "twistd"), "-n", "--pidfile=", "-l", self.log, *twistd_args,
                                         "serialproxy", "--config", self.config],
                                        cwd=workdir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                        stderr=subprocess.DEVNULL, preexec_fn=_file_limit_setter(file_limit_hard))

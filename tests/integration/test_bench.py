@@ -1,6 +1,7 @@
 """The benchmark suite runs end to end: ``bench/run --quick`` (a smoke run: its figures are not judged)."""
 
 import os
+import re
 import subprocess
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -22,3 +23,13 @@ class BenchSmokeTests(SynchronousTestCase):
         self.assertIn("For scale, the floor", text)
         self.assertIn("With `console_linger = 5`", text)
         self.assertRegex(text, r"\| serialproxy \| [\d,]+ \| [\d,]+ \| [\d,]+ \| [\d,]+ \| [\d,]+ \|")  # phases, one after another
+
+    def test_callcount(self):
+        """bench/callcount.py profiles two daemons and prints one new session's cost in function calls."""
+        result = subprocess.run([os.path.join(ROOT, ".venv", "bin", "python"), os.path.join(ROOT, "bench", "callcount.py"),
+                                 "--sessions", "100", "--top", "3"], capture_output=True, text=True, timeout=300)
+        self.assertEqual(result.returncode, 0, result.stdout[-4000:] + result.stderr[-4000:])
+        calls = int(re.search(r"per session: ([\d,]+) function calls", result.stdout).group(1).replace(",", ""))
+        self.assertTrue(300 < calls < 10000, result.stdout)  # about 1,400 in 2026-11
+        ours = int(re.search(r"\n *([\d,]+) +[\d,]+  serialproxy\n", result.stdout).group(1).replace(",", ""))
+        self.assertTrue(20 < ours < 1000, result.stdout)  # set-up cancelled out: about 110 calls of ours a session
