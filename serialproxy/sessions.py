@@ -33,7 +33,6 @@ import os
 from typing import Callable, ClassVar, Dict, Optional
 
 from attrs import define, evolve, field
-from twisted.application.internet import TimerService
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -44,12 +43,12 @@ from .consoles import Consoles, name_of
 from .errors import BadRequest, CloseCode, ConsoleBusy, NotFound, SerialProxyError, TokenInvalid
 from .interfaces import ConsoleLock, ConsoleToken, IStore, SessionRecord
 from .rows import SessionRows
+from .timers import IdleTimer, LeaseService
 from .tokens import UNKNOWN_TOKEN, TokenService, new_id
 
-__all__ = ["Session", "SessionManager", "LeaseService", "busy_reason", "MODES"]
+__all__ = ["Session", "SessionManager", "busy_reason", "MODES"]
 
 MODES = ("write", "read")
-_log = Logger()
 
 
 async def _outcome(d: Deferred):
@@ -89,7 +88,7 @@ class Session:
     unrecorded: bool = False  # its open transaction refused it after it was let in (sole_node): no row to delete
     counted: tuple = (0, 0)  # the byte counts its row has (renew writes those that changed)
     timers: list = field(factory=list)  # everything to cancel on detach
-    idle: Optional["_IdleTimer"] = None
+    idle: Optional[IdleTimer] = None
     recording: object = None
 
     @property
@@ -273,7 +272,7 @@ class SessionManager:
             session.timers.append(self._reactor.callLater(delay, session.client.close, CloseCode.TOKEN_EXPIRED,
                                                           "the console token expired; ask the API for a new console URL"))
         if self.idle_timeout and session.mode == "write":
-            session.idle = _IdleTimer(self._reactor, session, self.idle_timeout).start()
+            session.idle = IdleTimer(self._reactor, session.client, self.idle_timeout).start()
             session.timers.append(session.idle)
 
     def _start_recording(self, session: Session) -> None:
@@ -377,77 +376,5 @@ class SessionManager:
         self.consoles.close_lingering()
         await self.rows.flush()
 
-    def service(self) -> "LeaseService":
-        return LeaseService(self)
-
-
-class _IdleTimer:
-    """Warns a writer that sent nothing for a while, then closes it.
-
-    Input only notes its time (no timer is moved per keystroke or read); the
-    timer, when it fires, looks at how long the writer has been quiet and
-    either sleeps again for the rest, warns, or closes.
-    """
-
-    def __init__(self, clock, session: Session, timeout: int):
-        self._clock = clock
-        self._session = session
-        self._timeout = timeout
-        self._warning = min(60, max(1, timeout // 4))  # seconds between the warning and the close
-        self._quiet = timeout - self._warning  # seconds without input before the warning
-        self._call = None
-        self._last = clock.seconds()
-        self._warned_at = None  # when it warned; input since then spares the session
-
-    def start(self) -> "_IdleTimer":
-        self._call = self._clock.callLater(self._quiet, self._check)
-        return self
-
-    def touch(self) -> None:
-        self._last = self._clock.seconds()
-
-    def _check(self) -> None:
-        now = self._clock.seconds()
-        if self._warned_at is not None and self._last < self._warned_at:  # warned, and nothing typed since
-            self._session.client.close(CloseCode.IDLE_TIMEOUT, f"idle for {self._timeout} s: closed; reconnect to go on")
-            return
-        quiet = now - self._last
-        if quiet < self._quiet:
-            self._warned_at = None
-            self._call = self._clock.callLater(self._quiet - quiet, self._check)
-            return
-        self._warned_at = now
-        self._session.client.send(f"\r\n[serialproxy: no input for {self._quiet} s; this session closes in "
-                                  f"{self._warning} s unless you type]\r\n".encode())
-        self._call = self._clock.callLater(self._warning, self._check)
-
-    def active(self) -> bool:
-        return self._call is not None and self._call.active()
-
-    def cancel(self) -> None:
-        if self.active():
-            self._call.cancel()
-
-
-class LeaseService(TimerService):
-    """Renews this node's leases, and closes and releases every session when stopped."""
-
-    def __init__(self, manager: SessionManager):
-        super().__init__(manager.lease / 3, self._renew)
-        self.clock = manager._reactor
-        self._manager = manager
-
-    def startService(self):
-        if self._manager.sole_node:
-            d = Deferred.fromCoroutine(self._manager.forget_earlier_runs())
-            d.addErrback(lambda f: _log.failure("forgetting the sessions of an earlier run failed", f))
-        super().startService()
-
-    def _renew(self):
-        d = Deferred.fromCoroutine(self._manager.renew())
-        d.addErrback(lambda f: _log.failure("renewing console leases failed", f))
-        return d
-
-    def stopService(self):
-        super().stopService()
-        return Deferred.fromCoroutine(self._manager.close_all())
+    def service(self) -> LeaseService:
+        return LeaseService(self, self._reactor)
