@@ -2,15 +2,16 @@
 
 On a shared machine the rates and CPU times of ``bench/run`` move by a fifth
 between rounds, more than most code changes do. Function calls per session
-do not: run twice, the count agrees to a call. So this compares versions of
-the code (``--pythonpath``) by the work they do, not by a stopwatch.
+move by about 1 % between runs (only what depends on timing moves: how many
+sessions share a reactor turn or a batched write). So this compares versions
+of the code (``--pythonpath``) by the work they do, not by a stopwatch.
 
 How: two daemons run under twistd's own cProfile (``--profiler=cprofile``),
 each with the same set-up (consoles registered, URLs minted, a warm-up), one
 taking N/5 new sessions and the other N; the difference of their profiles,
 divided by the difference in sessions, is one session's cost (start-up and
 set-up cancel out). cProfile's own overhead inflates the times it reports
-(about 2.5x here); the counts are exact.
+(2-3x here), and they move with the host as any time does: read the counts.
 
 Usage: bench/run's python: .venv/bin/python bench/callcount.py [--sessions 2500] [--parallel 1]
        [--pythonpath DIR] [--top 25]
@@ -26,6 +27,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import profiling  # noqa: E402
 import scenarios  # noqa: E402
 from procs import Processes  # noqa: E402
 from targets import FakeVM, Serialproxy  # noqa: E402
@@ -33,8 +35,6 @@ from targets import FakeVM, Serialproxy  # noqa: E402
 POOL = 256  # consoles the sessions rotate over
 WARM_UP = 300  # sessions before the counted ones, in both daemons
 TIME_LIMIT = 300.0  # seconds for the counted sessions of one daemon
-_PACKAGES = ("serialproxy/", "autobahn/", "txaio/", "twisted/logger/", "twisted/internet/defer", "twisted/internet/",
-             "twisted/python/", "twisted/", "attr", "zope")
 
 
 def _name(key: tuple) -> str:
@@ -51,13 +51,11 @@ def _name(key: tuple) -> str:
     return f"{path}:{line}({function})"
 
 
-def _package(key: tuple) -> str:
+def _area(key: tuple) -> str:
+    """The area of the daemon a function belongs to, as ``--profile`` names them (profiling.area)."""
     if key[0] == "~":
         return "builtins and C methods (system calls among them)"
-    for package in _PACKAGES:
-        if package in key[0]:
-            return package.rstrip("/")
-    return "Python's library"
+    return profiling.area(key[0])
 
 
 async def _profile(workdir: str, tag: str, sessions: int, parallel: int, pythonpath: str) -> pstats.Stats:
@@ -97,12 +95,12 @@ def report(cost: dict, top: int) -> str:
     working = {key: value for key, value in cost.items() if key not in idle}
     lines = [f"per session: {sum(c for c, _ in working.values()):,.0f} function calls, "
              f"{sum(t for _, t in working.values()):,.0f} µs profiled (cProfile's overhead included; epoll waits left out)",
-             "", "by package: calls, profiled µs"]
-    packages = collections.defaultdict(lambda: [0.0, 0.0])
+             "", "by area: calls, profiled µs"]
+    areas = collections.defaultdict(lambda: [0.0, 0.0])
     for key, (calls, own) in working.items():
-        packages[_package(key)][0] += calls
-        packages[_package(key)][1] += own
-    lines += [f"  {calls:8,.0f} {own:8,.0f}  {name}" for name, (calls, own) in sorted(packages.items(), key=lambda p: -p[1][0])]
+        areas[_area(key)][0] += calls
+        areas[_area(key)][1] += own
+    lines += [f"  {calls:8,.0f} {own:8,.0f}  {name}" for name, (calls, own) in sorted(areas.items(), key=lambda p: -p[1][0])]
     for title, order in (("most calls", 0), ("most profiled self time", 1)):
         lines += ["", f"{title}: calls, profiled µs"]
         ranked = sorted(working.items(), key=lambda item: -item[1][order])[:top]

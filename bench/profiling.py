@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 
-__all__ = ["Profiler"]
+__all__ = ["Profiler", "area"]
 
 TOOLS_VENV = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".venv-tools")
 PY_SPY = "py-spy==0.4.3"
@@ -39,12 +39,16 @@ _AREAS = (  # (what a frame's file path contains, the area it counts for), first
 _IDLE = ("Condition.wait (", "Thread.join (", "EPollReactor.doPoll (", "Event.wait (")  # waiting, not working
 
 
-def _area(frame: str) -> str:
-    where = frame.partition(" (")[2]
-    for needle, area in _AREAS:
-        if needle in where:
-            return area
+def area(path: str) -> str:
+    """Which area of the daemon a source file's path belongs to (``_AREAS``)."""
+    for needle, name in _AREAS:
+        if needle in path:
+            return name
     return "Python library and other"
+
+
+def _area(frame: str) -> str:
+    return area(frame.partition(" (")[2])
 
 
 def _short(frame: str) -> str:

@@ -5,6 +5,8 @@ import datetime
 import statistics
 from typing import Optional
 
+from scenarios import PHASES
+
 __all__ = ["render", "summary", "targets"]
 
 NA = "n/a"
@@ -217,7 +219,7 @@ def _phases(results: dict) -> str:
         runs = [r["phases_us"] for r in _get(results, key, "new_sequential", "runs") or () if r.get("phases_us")]
         if not runs or any(v is None for r in runs for v in r.values()):
             continue
-        medians = [statistics.median(r[p] for r in runs) for p in ("connect", "upgrade", "first_byte", "close")]
+        medians = [statistics.median(r[p] for r in runs) for p in PHASES]
         rows.append([name, *(f"{m:,.0f}" for m in medians), f"{sum(medians):,.0f}"])
     if not rows:
         return ""

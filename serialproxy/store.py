@@ -281,14 +281,14 @@ def _renew_sessions_txn(cursor, node, expires, counters):
     # per session took 60 ms for 10,000 sessions on sqlite and 2.3 s on
     # PostgreSQL (a round trip each), every 10 s.
     cursor.execute("UPDATE console_sessions SET expires = ? WHERE node = ?", (expires, node))
-    rows = list(counters.items())
-    for start in range(0, len(rows), _COUNTER_ROWS):
-        chunk = rows[start:start + _COUNTER_ROWS]
+    counted = list(counters.items())
+    for start in range(0, len(counted), _COUNTER_ROWS):
+        chunk = counted[start:start + _COUNTER_ROWS]
         values = ", ".join(["(?, ?, ?)"] * len(chunk))
         params = [value for session_id, counts in chunk for value in (session_id, *counts)]
         cursor.execute(f"UPDATE console_sessions SET bytes_in = v.column2, bytes_out = v.column3 FROM (VALUES {values}) AS v "
                        "WHERE console_sessions.id = v.column1 AND console_sessions.node = ?", (*params, node))
-    cursor.execute("UPDATE console_locks SET expires = ? WHERE node = ?", (expires, node))
+    _renew_locks_txn(cursor, node, expires)
     rows = cursor.execute(f"SELECT {_SESSION_COLUMNS} FROM console_sessions WHERE node = ? AND kick_reason IS NOT NULL",
                           (node,)).fetchall()
     return [SessionRecord(*row) for row in rows]

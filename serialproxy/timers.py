@@ -50,7 +50,7 @@ class IdleTimer:
             return
         self._warned_at = now
         self._client.send(f"\r\n[serialproxy: no input for {self._quiet} s; this session closes in "
-                                  f"{self._warning} s unless you type]\r\n".encode())
+                          f"{self._warning} s unless you type]\r\n".encode())
         self._call = self._clock.callLater(self._warning, self._check)
 
     def active(self) -> bool:
