@@ -33,7 +33,7 @@ import os
 from typing import Callable, ClassVar, Dict, Optional
 
 from attrs import define, evolve, field
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -244,8 +244,8 @@ class SessionManager:
         self._log.info("{event}: {peer} ({code}): {reason}", event="refuse", peer=session.peer, code=int(code), reason=reason)
         session.client.close(code, reason)
 
-    async def detach(self, session: Session) -> None:
-        """The client went: leave the console (closing the VM side if last); the lock is freed behind."""
+    def detach(self, session: Session) -> None:
+        """The client went: leave the console (closing the VM side if last); the lock is freed behind (nothing waits)."""
         if self._sessions.pop(session.id, None) is None:
             return
         for timer in session.timers:
@@ -372,7 +372,11 @@ class SessionManager:
         sessions = list(self._sessions.values())
         for session in sessions:
             session.client.close(CloseCode.GOING_AWAY, reason)
-        await DeferredList([Deferred.fromCoroutine(self.detach(s)) for s in sessions])
+        for session in sessions:
+            try:
+                self.detach(session)
+            except Exception:
+                self._log.failure("releasing console session {session} failed", session=session.id)
         self.consoles.close_lingering()
         await self.rows.flush()
 

@@ -228,7 +228,7 @@ class ConsoleProtocol(WebSocketServerProtocol):
             return
         self._session = session
         if self._gone:
-            await self.factory.sessions.detach(session)
+            self.factory.sessions.detach(session)
             return
         if self._pending:
             self.factory.sessions.from_client(session, *self._pending)
@@ -286,8 +286,10 @@ class ConsoleProtocol(WebSocketServerProtocol):
         self._gone = True
         session, self._session = self._session, None
         if session is not None:
-            d = Deferred.fromCoroutine(self.factory.sessions.detach(session))
-            d.addErrback(lambda f: self._log.failure("releasing a console failed", f))
+            try:
+                self.factory.sessions.detach(session)
+            except Exception:
+                self._log.failure("releasing a console failed")
 
     # IConsoleClient
 

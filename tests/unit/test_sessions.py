@@ -120,7 +120,7 @@ class SessionTestCase(SynchronousTestCase):
         return client, self.successResultOf(self.attach(client, peer=peer, mode=mode))
 
     def detach(self, session, manager=None):
-        self.successResultOf(Deferred.fromCoroutine((manager or self.manager).detach(session)))
+        (manager or self.manager).detach(session)
 
     def written(self):
         """Let the closes queued by now be written (close_delay passes)."""
