@@ -241,9 +241,10 @@ class IStore(Interface):
     def list_sessions(now: float, server_id: Optional[str] = None):
         """Live sessions (lease not expired), of one server or all, oldest first."""
 
-    def renew_sessions(node: str, expires: float, counters: dict):
-        """Extend the leases of all of ``node``'s sessions and locks, store the byte counts
-        given (``{id: (bytes_in, bytes_out)}``, those that changed); the node's sessions that were kicked."""
+    def renew_sessions(node: str, expires: float, counters: dict, only=None):
+        """Extend the leases of all of ``node``'s sessions and locks (or of the sessions, and their
+        locks, whose ids ``only`` lists), store the byte counts given (``{id: (bytes_in, bytes_out)}``,
+        those that changed); the node's sessions that were kicked."""
 
     def purge_sessions(now: float):
         """Delete sessions and writer locks whose lease ran out (their node died); how many sessions."""

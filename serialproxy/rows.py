@@ -68,6 +68,7 @@ class SessionRows:
     _opening: dict = field(factory=dict)  # session id -> its _Open, while the open is pending
     _due: list = field(factory=list)  # a Deferred for each open written behind, waiting for the next write
     _write_call: Optional[IDelayedCall] = None
+    last_dropped: Optional[float] = None  # when a close was last dropped (the queue was full); see SessionManager.renew
     _log: ClassVar[Logger] = Logger()
 
     async def open(self, record: SessionRecord, lock: Optional[ConsoleLock], now: float, behind: bool = False) -> Optional[ConsoleLock]:
@@ -111,8 +112,9 @@ class SessionRows:
                 self._writes.append(opening.held)
             return
         if len(self._closed) >= self.max_queued_closes:
+            self.last_dropped = self._reactor.seconds()
             self._log.error("{count} closed console sessions wait for the database: dropping the close of session "
-                            "{session}; its row goes when its lease runs out, its writer lock (if any) when this node stops",
+                            "{session}; its row and writer lock (if any) go when their lease runs out",
                             count=len(self._closed), session=session_id)
             return
         self._closed.append(session_id)

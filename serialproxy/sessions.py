@@ -343,8 +343,19 @@ class SessionManager:
             return 0
         sessions = list(self._sessions.values())
         changed = {s: counts for s in sessions if (counts := (s.attachment.bytes_in, s.attachment.bytes_out)) != s.counted}
-        kicked = await self._store.renew_sessions(self.node, self._reactor.seconds() + self.lease,
-                                                  {session.id: counts for session, counts in changed.items()})
+        now = self._reactor.seconds()
+        only = None
+        if self.rows.last_dropped is not None and now <= self.rows.last_dropped + self.lease:
+            # Closes were dropped (the database was out of reach for long):
+            # the rows and locks of those sessions would live as long as this
+            # node if every lease of the node were extended. Only the leases of
+            # sessions here go on, for a lease after the last drop; the others
+            # run out (another session may take the lock then) and the purge
+            # removes them. A session's last extension before its close was
+            # dropped ends within a lease of the drop.
+            only = [*self._sessions, *self._attaching]
+        kicked = await self._store.renew_sessions(self.node, now + self.lease,
+                                                  {session.id: counts for session, counts in changed.items()}, only)
         for session, counts in changed.items():
             session.counted = counts
         for record in kicked:

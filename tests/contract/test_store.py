@@ -236,6 +236,20 @@ class StoreContract:
         renewed = {r.id: (r.bytes_in, r.bytes_out) for r in self.get(self.store.list_sessions(50.0))}
         self.assertEqual(renewed, {sid: counts.get(sid, (0, 0)) for sid in ids})
 
+    def test_renewal_of_the_sessions_named_only(self):
+        """With ``only``, the node's other sessions and their locks keep their leases: they run out and are purged."""
+        self.get(self.store.create_server(_server(ports=(("127.0.0.1", 7000), ("127.0.0.1", 7001)))))
+        self.opened("a", 0)
+        self.opened("b", 1)
+        self.opened("c", 0, "read")
+        self.assertEqual(self.get(self.store.renew_sessions("n1", 40.0, {})), [])  # every lease, locks too
+        self.assertEqual(self.get(self.store.acquire_lock(_lock("z", index=1), 35.0)).session_id, "b")
+        self.assertEqual(self.get(self.store.renew_sessions("n1", 100.0, {"b": (5, 6)}, ["a", "c"] + [f"x{i}" for i in range(600)])), [])
+        self.assertEqual([(r.id, r.bytes_in) for r in self.get(self.store.list_sessions(50.0))], [("a", 0), ("c", 0)])
+        self.assertEqual(self.get(self.store.purge_sessions(50.0)), 1)  # b's lease (40) ran out, a's did not
+        self.assertIsNone(self.get(self.store.acquire_lock(_lock("e", index=1), 50.0)))  # b's console is free
+        self.assertEqual(self.get(self.store.acquire_lock(_lock("f", index=0), 50.0)).session_id, "a")
+
     def test_open_and_close_session(self):
         """Opening takes the lock and records the session at once; a busy console records nothing."""
         self.get(self.store.create_server(_server()))

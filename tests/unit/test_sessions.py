@@ -740,6 +740,31 @@ class WriteBehindTests(SessionTestCase):
         self.written()
         self.assertEqual(self.closes(), [[sessions[0].id, sessions[1].id]])
 
+    def test_dropped_closes_lose_their_leases(self):
+        """A session whose close was dropped is renewed no more: its row and lock run out and the purge removes them."""
+        self.manager.rows.max_queued_closes = 1
+        writer, session, vm, vm_transport = self.attached()
+        staying = self.joined(peer="127.0.0.1:6000")[1]
+        leaving = self.joined(peer="127.0.0.1:6001")[1]
+        self.detach(leaving)  # queued
+        self.detach(session)  # dropped: its row and the writer lock stay in the database
+        self.written()
+        self.assertEqual(self.closes(), [[leaving.id]])
+        self.assertIn(session.id, self.store.sessions)
+        self.reactor.advance(10)
+        self.successResultOf(Deferred.fromCoroutine(self.manager.renew()))
+        now = self.reactor.seconds()
+        self.assertEqual(self.store.sessions[staying.id].expires, now + self.manager.lease)
+        self.assertLess(self.store.sessions[session.id].expires, now + self.manager.lease - 5)
+        self.assertEqual([lock.session_id for lock in self.store.locks.values()], [session.id])
+        self.reactor.advance(self.manager.lease)
+        self.successResultOf(Deferred.fromCoroutine(self.manager.purge()))
+        self.assertEqual((list(self.store.sessions), self.store.locks), ([staying.id], {}))
+        self.successResultOf(self.attach(peer="127.0.0.1:5001"))  # the console has a writer again
+        self.reactor.advance(self.manager.lease)  # a lease after the last drop, every lease of the node is renewed again
+        self.successResultOf(Deferred.fromCoroutine(self.manager.renew()))
+        self.assertEqual({r.expires for r in self.store.sessions.values()}, {self.reactor.seconds() + self.manager.lease})
+
 
 class RevocationTests(SessionTestCase):
     def test_server_deleted_elsewhere(self):
