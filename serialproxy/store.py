@@ -24,7 +24,7 @@ _LOCK_COLUMNS = "server_id, port_index, session_id, node, peer, tenant_id, since
 _SERVER_COLUMNS = "id, name, tenant_id, status, created, hypervisor_id, image_id, domain, memory_mb"
 _HYPERVISOR_COLUMNS = "id, name, libvirt_uri, proxyclient_address, port_low, port_high, created, virt_type"
 _IMAGE_COLUMNS = "id, name, kernel, initrd, cmdline, disk, metadata, created"
-_CLOSE_CHUNK = 500  # session ids per DELETE: under every sqlite build's limit on parameters
+_CLOSE_CHUNK = 500  # session ids per statement (closes, renewals of some): under every sqlite build's limit on parameters
 
 
 def _key(row) -> ApiKey:
