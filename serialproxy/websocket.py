@@ -13,8 +13,7 @@ import base64
 import binascii
 import inspect
 import random
-import struct
-from typing import Callable, ClassVar, Optional
+from typing import ClassVar, Optional
 from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -24,12 +23,8 @@ from zope.interface import implementer
 
 from .bridge import IConsoleClient
 from .errors import CloseCode, SerialProxyError
+from .frames import BINARY, TEXT, ClientFrames, apply_mask, frame_header
 from .transports import send_now
-
-try:  # websockets' C unmasking (SSE2); without it autobahn reads every frame
-    from websockets.speedups import apply_mask
-except ImportError:  # pragma: no cover - websockets ships it in its wheels
-    apply_mask = None
 
 __all__ = ["ConsoleFactory", "ConsoleProtocol", "origin_allowed", "close_reason"]
 
@@ -38,92 +33,6 @@ MAX_FRAME = 64 * 1024
 MAX_MESSAGE = 1024 * 1024
 _MAX_PENDING = 256 * 1024
 _SUBPROTOCOLS = ("binary", "base64")
-
-
-_BINARY, _TEXT = 0x82, 0x81  # the first byte of a final binary / text frame
-_EXTENDED_LENGTH = {126: 2, 127: 8}  # bytes of extended payload length after these 7-bit lengths
-
-
-def _frame_header(first: int, length: int) -> bytes:
-    """The header of a final, unmasked frame of ``length`` bytes (RFC 6455, 5.2); ``first`` is _BINARY or _TEXT."""
-    if length < 126:
-        return bytes((first, length))
-    if length < 65536:
-        return struct.pack("!BBH", first, 126, length)
-    return struct.pack("!BBQ", first, 127, length)
-
-
-class ClientFrames:
-    """Reads the plain binary frames a console client sends, faster than autobahn (see docs/performance.md).
-
-    A final, masked, binary frame without extension bits and with a payload of
-    at most ``max_payload`` bytes is unmasked (websockets' C ``apply_mask``)
-    and its payload handed on as reads bring it: ``deliver(*pieces)`` once
-    per read, with the unmasked pieces of every frame that read carried (one
-    write to the VM), and no copy of the buffer per frame. At the first frame
-    of any other kind (control frames, text, fragments, anything unusual or
-    invalid) ``feed`` stops and returns the bytes from that frame on, for
-    autobahn to read.
-    """
-
-    __slots__ = ("_deliver", "_max", "_head", "_left", "_mask")
-
-    def __init__(self, deliver: Callable[..., None], max_payload: int):
-        self._deliver = deliver
-        self._max = max_payload
-        self._head = b""  # the start of a frame header a read cut short
-        self._left = 0  # payload bytes of the current frame still to come
-        self._mask = b""  # its mask, turned to where the next byte falls
-
-    @property
-    def idle(self) -> bool:
-        """Between frames, nothing held: autobahn may read next."""
-        return not self._left and not self._head
-
-    def feed(self, data: bytes) -> bytes:
-        """Read what it can; the rest, from the first frame it leaves to autobahn (``b""``: none).
-
-        The payload pieces of one read are delivered together (one write to the VM).
-        """
-        if self._head:
-            data, self._head = self._head + data, b""
-        pieces = []
-        rest = self._read(data, pieces)
-        if pieces:
-            self._deliver(*pieces)
-        return rest
-
-    def _read(self, data: bytes, pieces: list) -> bytes:
-        view = memoryview(data)
-        pos, end = 0, len(data)
-        while pos < end:
-            if self._left:
-                take = min(self._left, end - pos)
-                pieces.append(apply_mask(view[pos:pos + take], self._mask))
-                self._left -= take
-                pos += take
-                turn = take % 4
-                self._mask = self._mask[turn:] + self._mask[:turn]
-                continue
-            if end - pos < 2:
-                self._head = data[pos:]
-                return b""
-            first, second = data[pos], data[pos + 1]
-            if first != _BINARY or not second & 0x80:  # not a final binary frame, or not masked
-                return data[pos:]
-            length = second & 0x7F
-            size = 2 + _EXTENDED_LENGTH.get(length, 0)
-            if end - pos < size + 4:
-                self._head = data[pos:]
-                return b""
-            if length >= 126:
-                length = int.from_bytes(view[pos + 2:pos + size], "big")
-                if length < (126 if size == 4 else 65536) or length > self._max:  # not minimal, or too big
-                    return data[pos:]
-            self._mask = data[pos + size:pos + size + 4]
-            self._left = length
-            pos += size + 4
-        return b""
 
 
 def origin_allowed(origin: Optional[str], host: Optional[str], allowed: tuple) -> bool:
@@ -304,9 +213,9 @@ class ConsoleProtocol(WebSocketServerProtocol):
         # fragments, compresses or queues outgoing messages.
         if self._base64:
             data = base64.b64encode(data)
-            chunks = (_frame_header(_TEXT, len(data)), data)
+            chunks = (frame_header(TEXT, len(data)), data)
         else:
-            chunks = (_frame_header(_BINARY, len(data)), data)
+            chunks = (frame_header(BINARY, len(data)), data)
         if eager:
             send_now(self.transport, chunks)
         else:

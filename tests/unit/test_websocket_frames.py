@@ -5,7 +5,8 @@ import struct
 from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from serialproxy.websocket import MAX_FRAME, ClientFrames, ConsoleFactory
+from serialproxy.frames import ClientFrames
+from serialproxy.websocket import MAX_FRAME, ConsoleFactory
 
 
 def frame(payload: bytes, mask: bytes = b"\x01\x02\x03\x04", first: int = 0x82, masked: bool = True,
