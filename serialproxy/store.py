@@ -24,7 +24,7 @@ _LOCK_COLUMNS = "server_id, port_index, session_id, node, peer, tenant_id, since
 _SERVER_COLUMNS = "id, name, tenant_id, status, created, hypervisor_id, image_id, domain, memory_mb"
 _HYPERVISOR_COLUMNS = "id, name, libvirt_uri, proxyclient_address, port_low, port_high, created, virt_type"
 _IMAGE_COLUMNS = "id, name, kernel, initrd, cmdline, disk, metadata, created"
-_CLOSE_CHUNK = 500  # session ids per statement (closes, renewals of some): under every sqlite build's limit on parameters
+_ID_CHUNK = 500  # session ids per statement: under every sqlite build's limit on parameters
 
 
 def _key(row) -> ApiKey:
@@ -257,10 +257,16 @@ def _open_session_txn(cursor, session, lock, now, closed):
     return None
 
 
+def _id_chunks(session_ids):
+    """``session_ids`` in chunks of at most _ID_CHUNK: (the chunk as a tuple, its ``?, ?, …`` placeholders)."""
+    session_ids = list(session_ids)
+    for start in range(0, len(session_ids), _ID_CHUNK):
+        chunk = tuple(session_ids[start:start + _ID_CHUNK])
+        yield chunk, ", ".join("?" * len(chunk))
+
+
 def _close_sessions_txn(cursor, session_ids):
-    for start in range(0, len(session_ids), _CLOSE_CHUNK):
-        chunk = tuple(session_ids[start:start + _CLOSE_CHUNK])
-        marks = ", ".join("?" * len(chunk))
+    for chunk, marks in _id_chunks(session_ids):
         cursor.execute(f"DELETE FROM console_locks WHERE session_id IN ({marks})", chunk)
         cursor.execute(f"DELETE FROM console_sessions WHERE id IN ({marks})", chunk)
 
@@ -300,10 +306,7 @@ def _renew_sessions_txn(cursor, node, expires, counters, only=None):
 
 def _renew_only_txn(cursor, node, expires, session_ids):
     """Extend the leases (sessions and locks) of these sessions of ``node`` only."""
-    session_ids = list(session_ids)
-    for start in range(0, len(session_ids), _CLOSE_CHUNK):
-        chunk = tuple(session_ids[start:start + _CLOSE_CHUNK])
-        marks = ", ".join("?" * len(chunk))
+    for chunk, marks in _id_chunks(session_ids):
         cursor.execute(f"UPDATE console_sessions SET expires = ? WHERE node = ? AND id IN ({marks})", (expires, node, *chunk))
         cursor.execute(f"UPDATE console_locks SET expires = ? WHERE node = ? AND session_id IN ({marks})", (expires, node, *chunk))
 

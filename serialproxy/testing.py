@@ -221,16 +221,17 @@ class MemoryStore:
 
     def renew_sessions(self, node, expires, counters, only=None):
         only = None if only is None else set(only)
+
+        def renewed(session_id):
+            return only is None or session_id in only
+
         for session_id, record in list(self.sessions.items()):
             if record.node == node:
                 bytes_in, bytes_out = counters.get(session_id, (record.bytes_in, record.bytes_out))
-                renewed = expires if only is None or session_id in only else record.expires
-                self.sessions[session_id] = evolve(record, expires=renewed, bytes_in=bytes_in, bytes_out=bytes_out)
-        if only is None:
-            self.renew_locks(node, expires)
-        else:
-            self.locks.update({c: evolve(lock, expires=expires) for c, lock in self.locks.items()
-                               if lock.node == node and lock.session_id in only})
+                self.sessions[session_id] = evolve(record, expires=expires if renewed(session_id) else record.expires,
+                                                   bytes_in=bytes_in, bytes_out=bytes_out)
+        self.locks.update({c: evolve(lock, expires=expires) for c, lock in self.locks.items()
+                           if lock.node == node and renewed(lock.session_id)})
         return succeed([r for r in self.sessions.values() if r.node == node and r.kick_reason is not None])
 
     def purge_sessions(self, now):
