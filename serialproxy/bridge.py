@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
 from .errors import CloseCode, SerialProxyError
-from .transports import held_bytes, send_now
+from .transports import close_now, held_bytes, send_now
 
 __all__ = ["Attachment", "Console", "IConsoleClient", "NodeFull", "Scrollback", "VMUnreachable", "vm_endpoint"]
 
@@ -281,7 +281,7 @@ class Console:
     def close(self) -> None:
         self._lost = True
         if self._vm is not None and self._vm.transport is not None:
-            self._vm.transport.loseConnection()
+            close_now(self._vm.transport)  # vm_lost runs before this returns, and finds _lost set
 
     def from_vm(self, data: bytes) -> None:
         self.scrollback.append(data)

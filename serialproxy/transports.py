@@ -1,18 +1,20 @@
 """Twisted's TCP transports, used closer to the kernel on the byte path (see docs/performance.md).
 
 ``send_now`` writes straight to the kernel when nothing is queued,
-``held_bytes`` reads what a transport holds unsent, and ``ClientTransport``
-reads client connections 512 KiB at a time. Each keeps Twisted's order,
-flow control and error handling, and any transport that is not plain TCP
-(TLS, a test's) takes Twisted's usual way.
+``close_now`` closes at once when nothing is queued, ``held_bytes`` reads
+what a transport holds unsent, and ``ClientTransport`` reads client
+connections 512 KiB at a time. Each keeps Twisted's order, flow control and
+error handling, and any transport that is not plain TCP (TLS, a test's)
+takes Twisted's usual way.
 """
 
 import errno
 from typing import Optional
 
 from twisted.internet import main, tcp
+from twisted.python.failure import Failure
 
-__all__ = ["CLIENT_READ_SIZE", "ClientTransport", "held_bytes", "send_now"]
+__all__ = ["CLIENT_READ_SIZE", "ClientTransport", "close_now", "held_bytes", "send_now"]
 
 
 # Bytes read from a client connection at a time (see ClientTransport).
@@ -82,6 +84,31 @@ def _after(chunks: tuple, sent: int) -> list:
             return [chunk[sent:] if sent else chunk, *chunks[i + 1:]]
         sent -= len(chunk)
     return []
+
+
+def close_now(transport) -> None:
+    """``transport.loseConnection()``, but closed at once when nothing is queued.
+
+    Twisted closes on a later reactor turn, once it has written what it holds.
+    With nothing held, that turn only asks epoll to watch the socket for
+    writing (and then to stop), sends zero bytes and closes: per connection,
+    three system calls and the reactor's dispatch, twice a console session
+    (client and VM). A plain TCP transport that holds nothing, is not closing
+    already and has no paused producer (Twisted would resume it rather than
+    close) is closed here instead, the way Twisted closes a connection whose
+    write side is already shut: reading stops and ``connectionLost`` runs,
+    the protocol's included, before this returns. Anything else takes
+    Twisted's way. See docs/performance.md.
+    """
+    if (_plain_tcp(transport) and transport.connected and not transport.disconnecting
+            and not transport._writeDisconnecting and not transport._writeDisconnected
+            and not transport._tempDataBuffer and transport.offset == len(transport.dataBuffer)
+            and (transport.producer is None or (transport.streamingProducer and not transport.producerPaused))):
+        transport.stopReading()
+        transport.stopWriting()
+        transport.connectionLost(Failure(main.CONNECTION_DONE))
+        return
+    transport.loseConnection()
 
 
 def held_bytes(transport) -> Optional[int]:

@@ -24,7 +24,7 @@ from zope.interface import implementer
 from .bridge import IConsoleClient
 from .errors import CloseCode, SerialProxyError
 from .frames import BINARY, TEXT, ClientFrames, apply_mask, frame_header
-from .transports import send_now
+from .transports import close_now, send_now
 
 __all__ = ["ConsoleFactory", "ConsoleProtocol", "origin_allowed", "close_reason"]
 
@@ -237,6 +237,17 @@ class ConsoleProtocol(WebSocketServerProtocol):
             self.trafficStats.preopenOutgoingOctetsWireLevel += len(data)
         if self.logOctets:
             self.logTxOctets(data, False)
+
+    def _closeConnection(self, abort=False):
+        # autobahn's last step in dropping the TCP connection (after the
+        # closing handshake, or on a protocol error): with nothing queued it
+        # is closed at once, not on the next reactor turn (close_now). An
+        # abort (a handshake we began and the client answered, a timeout)
+        # stays autobahn's.
+        if abort:
+            super()._closeConnection(abort)
+        else:
+            close_now(self.transport)
 
     def close(self, code, reason: str) -> None:
         if self.state == self.STATE_OPEN:

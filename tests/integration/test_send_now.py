@@ -1,6 +1,7 @@
 """The byte path's transports on real loopback TCP connections.
 
 send_now: straight to the kernel when it can, Twisted's queue when it cannot.
+close_now: closed at once when nothing is queued, Twisted's way otherwise.
 ClientTransport: big reads, Twisted's pause threshold.
 """
 
@@ -11,11 +12,12 @@ import socket
 import termios
 
 from twisted.internet import reactor, tcp
+from twisted.internet.error import ConnectionDone
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 
-from serialproxy.transports import CLIENT_READ_SIZE, ClientTransport, held_bytes, send_now
+from serialproxy.transports import CLIENT_READ_SIZE, ClientTransport, close_now, held_bytes, send_now
 from serialproxy.websocket import ConsoleFactory
 
 from .helpers import IntegrationTestCase, wait_until, within
@@ -25,10 +27,14 @@ class _Collector(Protocol):
     def __init__(self):
         self.received = bytearray()
         self.reads = []
+        self.lost = None
 
     def dataReceived(self, data):
         self.received += data
         self.reads.append(len(data))
+
+    def connectionLost(self, reason):
+        self.lost = reason
 
 
 def _unread(sock) -> int:
@@ -61,8 +67,9 @@ class SendNowTests(IntegrationTestCase):
         port.transport = server_transport  # as the daemon's listener does (tap)
         self.addCleanup(port.stopListening)
         client = await within(TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(
-            Factory.forProtocol(Protocol)), "the connection")
+            Factory.forProtocol(_Collector)), "the connection")
         self.addCleanup(client.transport.abortConnection)
+        self.client = client
         await wait_until(lambda: accepted and accepted[0].transport is not None, "the accept")
         self.addCleanup(accepted[0].transport.abortConnection)
         return client.transport, accepted[0]
@@ -108,6 +115,43 @@ class SendNowTests(IntegrationTestCase):
         send_now(memory, (b"a", b"b"))
         self.assertEqual(memory.value(), b"ab")
         self.assertIsNone(held_bytes(memory))
+
+    async def test_close_now_with_nothing_queued_closes_before_returning(self):
+        """Nothing queued: the connection is closed, the protocol told, when close_now returns; the peer sees a clean end."""
+        transport, peer = await self.connect()
+        send_now(transport, (b"last words",))
+        close_now(transport)
+        self.assertTrue(self.client.lost.check(ConnectionDone), self.client.lost)
+        self.assertFalse(transport.connected)
+        await wait_until(lambda: peer.lost is not None, "the peer to see the end")
+        self.assertTrue(peer.lost.check(ConnectionDone), peer.lost)
+        self.assertEqual(bytes(peer.received), b"last words")
+
+    async def test_close_now_behind_queued_bytes_takes_twisteds_way(self):
+        """Bytes queued: Twisted closes once they are written; all of them arrive, then the end."""
+        transport, peer = await self.connect()
+        transport.write(b"queued")
+        close_now(transport)
+        self.assertIsNone(self.client.lost)
+        self.assertTrue(transport.disconnecting)
+        await wait_until(lambda: peer.lost is not None, "the peer to see the end")
+        self.assertEqual(bytes(peer.received), b"queued")
+        self.assertTrue(self.client.lost.check(ConnectionDone), self.client.lost)
+
+    async def test_close_now_with_a_paused_producer_takes_twisteds_way(self):
+        """A paused streaming producer: Twisted would resume it rather than close, so close_now leaves it to Twisted."""
+        transport, peer = await self.connect()
+        transport.registerProducer(_Producer(), True)
+        transport.producerPaused = True  # as Twisted leaves it while its buffer is full
+        close_now(transport)
+        self.assertIsNone(self.client.lost)
+        self.assertTrue(transport.disconnecting)
+
+    async def test_close_now_on_other_transports_is_lose_connection(self):
+        """A transport that is not plain TCP (TLS, a test's) gets loseConnection."""
+        memory = StringTransport()
+        close_now(memory)
+        self.assertTrue(memory.disconnecting)
 
     async def test_autobahn_frames_go_straight_out(self):
         """ConsoleProtocol.sendData (the handshake answer, close, ping, pong) uses send_now; queued sends stay autobahn's."""
