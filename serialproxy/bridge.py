@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
 from .errors import CloseCode, SerialProxyError
-from .transports import close_now, held_bytes, send_now
+from .transports import VMEndpoint, close_now, held_bytes, send_now
 
 __all__ = ["Attachment", "Console", "IConsoleClient", "NodeFull", "Scrollback", "VMUnreachable", "vm_endpoint"]
 
@@ -73,13 +73,13 @@ def vm_endpoint(reactor, host: str, port: int, timeout: float):
 
     Literals are told apart with ``inet_pton`` (Twisted's ``isIPAddress``),
     which the TCP transport runs on them again anyway; ``ipaddress`` objects
-    cost a new session a hundredth of its CPU.
+    cost a new session a hundredth of its CPU. A literal's endpoint is
+    ``VMEndpoint``: Twisted's TCP endpoint, but a connection the kernel has
+    already made (a VM on this host) needs no reactor turn.
     """
     literal = host.strip("[]")
-    if isIPAddress(literal):
-        return endpoints.TCP4ClientEndpoint(reactor, literal, port, timeout=timeout)
-    if isIPv6Address(literal):
-        return endpoints.TCP6ClientEndpoint(reactor, literal, port, timeout=timeout)
+    if isIPAddress(literal) or isIPv6Address(literal):
+        return VMEndpoint(reactor, literal, port, timeout)
     return endpoints.HostnameEndpoint(reactor, host, port, timeout=timeout)
 
 

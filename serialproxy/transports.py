@@ -2,19 +2,29 @@
 
 ``send_now`` writes straight to the kernel when nothing is queued,
 ``close_now`` closes at once when nothing is queued, ``held_bytes`` reads
-what a transport holds unsent, and ``ClientTransport`` reads client
-connections 512 KiB at a time. Each keeps Twisted's order, flow control and
-error handling, and any transport that is not plain TCP (TLS, a test's)
-takes Twisted's usual way.
+what a transport holds unsent, ``ClientTransport`` reads client
+connections 512 KiB at a time, and ``VMEndpoint`` connects to a VM without
+waiting a reactor turn when the kernel has already made the connection.
+Each keeps Twisted's order, flow control and error handling, and any
+transport that is not plain TCP (TLS, a test's) takes Twisted's usual way.
 """
 
 import errno
+import os
 from typing import Optional
 
-from twisted.internet import main, tcp
+from attrs import frozen
+from twisted.internet import error, main, tcp
+from twisted.internet.abstract import isIPv6Address
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.posixbase import PosixReactorBase
+from twisted.internet.protocol import ClientFactory
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
-__all__ = ["CLIENT_READ_SIZE", "ClientTransport", "close_now", "held_bytes", "send_now"]
+__all__ = ["CLIENT_READ_SIZE", "ClientTransport", "VMEndpoint", "close_now", "held_bytes", "send_now"]
 
 
 # Bytes read from a client connection at a time (see ClientTransport).
@@ -44,9 +54,130 @@ class ClientTransport(tcp.Server):
         return self._dataReceived(data)  # Twisted's: the end of the connection, or the protocol's dataReceived
 
 
+_IN_PROGRESS = (errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK)
+
+
+class _VMClient(tcp.Client):
+    """Twisted's TCP client transport, asking ``connect()`` a second time before it waits (``VMEndpoint``).
+
+    A non-blocking ``connect()`` to a port on this host (loopback, a local
+    bridge) says EINPROGRESS, yet the kernel has done the whole handshake
+    within the call. Twisted then watches the socket for reading and
+    writing, waits a reactor turn to hear that it is writable, asks SO_ERROR
+    and ``connect()`` again, and watches it anew for reading: a turn, five
+    ``epoll_ctl`` and three more system calls. Asked again at once,
+    ``connect()`` says such a connection is made. A VM farther away is
+    still connecting then, and Twisted's own way follows, unchanged.
+    """
+
+    _asked = False
+
+    def doConnect(self):
+        if self._asked or not hasattr(self, "connector"):
+            return super().doConnect()  # Twisted's, as it waits (or when the attempt is over)
+        self._asked = True
+        try:
+            result = self.socket.connect_ex(self.realAddress)
+            if result in _IN_PROGRESS:
+                result = self.socket.connect_ex(self.realAddress)
+        except OSError as e:
+            result = e.args[0]
+        if result in (0, errno.EISCONN):
+            self._connectDone()
+        elif result in _IN_PROGRESS:
+            super().doConnect()  # its connect() says EALREADY: it watches the socket and waits
+        else:
+            self.failIfNotConnected(error.getConnectError((result, os.strerror(result))))
+        return None
+
+    def _connectDone(self):
+        super()._connectDone()
+        if self.connected:
+            self.connector.factory.made(self.protocol)
+
+
+class _VMConnector(tcp.Connector):
+    def _makeTransport(self):
+        return _VMClient(self.host, self.port, self.bindAddress, self, self.reactor)
+
+
+class _Dial(ClientFactory):
+    """A connection attempt of ``VMEndpoint``: the caller's protocol, and a Deferred of it once connected."""
+
+    noisy = False
+
+    def __init__(self, factory):
+        self._factory = factory
+        self._connector = None
+        self.connected = Deferred(self._cancel)
+
+    def _cancel(self, deferred):
+        deferred.errback(error.ConnectingCancelledError(self._connector.getDestination()))
+        self._connector.stopConnecting()
+
+    def startedConnecting(self, connector):
+        self._connector = connector
+
+    def doStart(self):
+        self._factory.doStart()
+
+    def doStop(self):
+        self._factory.doStop()
+
+    def buildProtocol(self, addr):
+        try:
+            protocol = self._factory.buildProtocol(addr)
+            if protocol is None:
+                raise error.NoProtocol()
+        except BaseException:
+            self.connected.errback()
+            return None  # Twisted closes the connection
+        return protocol
+
+    def made(self, protocol):
+        """The connection is made and the protocol has it (``_VMClient``)."""
+        if not self.connected.called:
+            self.connected.callback(protocol)
+
+    def clientConnectionFailed(self, connector, reason):
+        if not self.connected.called:
+            self.connected.errback(reason)
+
+
+@implementer(IStreamClientEndpoint)
+@frozen
+class VMEndpoint:
+    """A TCP client endpoint for a VM's serial port at an IP address (v4 or v6, no name).
+
+    Twisted's ``TCP4ClientEndpoint`` and ``TCP6ClientEndpoint`` but for the
+    connection itself: one asks the kernel twice before it waits (see
+    ``_VMClient``), and the caller's protocol is the transport's own, not
+    wrapped in one that forwards every read. Failures, the timeout and
+    cancelling are Twisted's.
+    """
+
+    reactor: object
+    host: str
+    port: int
+    timeout: float = 30
+
+    def connect(self, protocolFactory) -> Deferred:
+        if not isinstance(self.reactor, PosixReactorBase):
+            # _VMClient refines the TCP transport of Twisted's reactors on
+            # POSIX; any other reactor (a test's) makes its own connections.
+            endpoint = TCP6ClientEndpoint if isIPv6Address(self.host) else TCP4ClientEndpoint
+            return endpoint(self.reactor, self.host, self.port, timeout=self.timeout).connect(protocolFactory)
+        dial = _Dial(protocolFactory)
+        try:
+            _VMConnector(self.host, self.port, dial, self.timeout, None, self.reactor).connect()
+        except BaseException:
+            return fail()
+        return dial.connected
+
+
 def _plain_tcp(transport) -> bool:
     """A plain (not TLS) TCP transport of Twisted's, whose socket and buffers send_now and held_bytes use."""
-    return type(transport) in (tcp.Server, tcp.Client, ClientTransport) and not transport.TLS
+    return type(transport) in (tcp.Server, tcp.Client, ClientTransport, _VMClient) and not transport.TLS
 
 
 def send_now(transport, chunks: tuple) -> None:

@@ -1,0 +1,122 @@
+"""transports.VMEndpoint on real loopback sockets: made at once, or Twisted's wait; failures, timeout, cancel."""
+
+import socket
+
+from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.error import ConnectingCancelledError, ConnectionRefusedError, TimeoutError
+from twisted.internet.protocol import Factory, Protocol
+
+from serialproxy.transports import VMEndpoint, _VMClient
+
+from .helpers import IntegrationTestCase, closed_port, wait_until, within
+
+
+class _Peer(Protocol):
+    def __init__(self):
+        self.received = bytearray()
+        self.made_when_connected = None
+
+    def connectionMade(self):
+        self.made_when_connected = self.transport.connected
+
+    def dataReceived(self, data):
+        self.received += data
+
+
+class VMEndpointTests(IntegrationTestCase):
+    async def listen(self):
+        accepted = []
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Factory.forProtocol(lambda: accepted.append(_Peer()) or accepted[-1]))
+        self.addCleanup(port.stopListening)
+        return port.getHost().port, accepted
+
+    def full_listener(self) -> int:
+        """A listening port whose accept queue is full: a new connection's SYN is dropped, so it stays in progress."""
+        listener = socket.socket()
+        self.addCleanup(listener.close)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        filler = socket.create_connection(listener.getsockname(), timeout=5)  # the one place the queue has
+        self.addCleanup(filler.close)
+        self.listener = listener
+        return listener.getsockname()[1]
+
+    async def waiting(self):
+        """Until a VM connection is in progress, its socket watched for writing (Twisted's wait)."""
+        await wait_until(lambda: any(isinstance(w, _VMClient) for w in reactor.getWriters()),
+                         "the connection to wait for its socket")
+
+    async def test_a_local_connection_is_the_callers_protocol_connected(self):
+        """On loopback the kernel has made the connection: the caller's own protocol has it, connected, both ways."""
+        port, accepted = await self.listen()
+        d = VMEndpoint(reactor, "127.0.0.1", port, 5).connect(Factory.forProtocol(_Peer))
+        writers = []
+        reactor.callLater(0, lambda: writers.extend(w for w in reactor.getWriters() if isinstance(w, _VMClient)))
+        protocol = await within(d, "connect")
+        self.addCleanup(protocol.transport.abortConnection)
+        self.assertEqual(writers, [], "made without waiting for the socket to be writable")
+        self.assertIs(type(protocol), _Peer)
+        self.assertIs(protocol.transport.protocol, protocol, "not wrapped in a forwarding protocol")
+        self.assertTrue(protocol.made_when_connected)
+        await wait_until(lambda: accepted, "the accept")
+        protocol.transport.write(b"to the VM")
+        accepted[0].transport.write(b"from the VM")
+        await wait_until(lambda: bytes(accepted[0].received) == b"to the VM", "the bytes to the VM")
+        await wait_until(lambda: bytes(protocol.received) == b"from the VM", "the bytes from the VM")
+
+    async def test_ipv6_loopback(self):
+        """An IPv6 literal connects over IPv6."""
+        accepted = []
+        port = await TCP4ServerEndpoint(reactor, 0, interface="::1").listen(
+            Factory.forProtocol(lambda: accepted.append(_Peer()) or accepted[-1]))
+        self.addCleanup(port.stopListening)
+        protocol = await within(VMEndpoint(reactor, "::1", port.getHost().port, 5).connect(Factory.forProtocol(_Peer)),
+                                "connect")
+        self.addCleanup(protocol.transport.abortConnection)
+        self.assertEqual(protocol.transport.getPeer().host, "::1")
+
+    async def test_a_connection_still_in_progress_waits_as_twisted_does(self):
+        """The SYN dropped (the listener's queue full): the connection waits, and is made once the queue has room."""
+        port = self.full_listener()
+        d = VMEndpoint(reactor, "127.0.0.1", port, 30).connect(Factory.forProtocol(_Peer))
+        await self.waiting()
+        self.assertFalse(d.called)
+        self.listener.accept()[0].close()  # room: the SYN the kernel sends again (after a second) gets in
+        protocol = await within(d, "the connection, once the SYN is sent again", 15)
+        self.addCleanup(protocol.transport.abortConnection)
+        self.assertTrue(protocol.made_when_connected)
+        self.assertEqual(protocol.transport.getPeer().port, port)
+
+    async def test_refused(self):
+        """Nothing listening: ConnectionRefusedError, as from Twisted's endpoint."""
+        port = await closed_port(self)
+        with self.assertRaises(ConnectionRefusedError):
+            await within(VMEndpoint(reactor, "127.0.0.1", port, 5).connect(Factory.forProtocol(_Peer)), "refusal")
+
+    async def test_timeout(self):
+        """A connection not made within the timeout fails with TimeoutError."""
+        port = self.full_listener()
+        with self.assertRaises(TimeoutError):
+            await within(VMEndpoint(reactor, "127.0.0.1", port, 0.3).connect(Factory.forProtocol(_Peer)), "timeout")
+
+    async def test_cancel(self):
+        """Cancelling a connection in progress fails it with ConnectingCancelledError, as Twisted's endpoints do."""
+        port = self.full_listener()
+        d = VMEndpoint(reactor, "127.0.0.1", port, 30).connect(Factory.forProtocol(_Peer))
+        await self.waiting()
+        d.cancel()
+        with self.assertRaises(ConnectingCancelledError):
+            await d
+
+    async def test_a_factory_that_raises(self):
+        """A protocol factory that raises fails the connection attempt with its error."""
+        port, accepted = await self.listen()
+
+        class Broken(Factory):
+            def buildProtocol(self, addr):
+                raise ValueError("no protocol for you")
+
+        with self.assertRaises(ValueError):
+            await within(VMEndpoint(reactor, "127.0.0.1", port, 5).connect(Broken()), "the failure")
