@@ -17,6 +17,7 @@ from typing import ClassVar, Optional
 from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -78,6 +79,21 @@ class ConsoleProtocol(WebSocketServerProtocol):
         self._pending_bytes = 0
         self._streaming = True
         self._frames = ClientFrames(self._input, MAX_FRAME) if apply_mask is not None else None
+
+    # autobahn's server protocol wraps these two of its base class for a
+    # debug line each, whose arguments it builds whether or not debug is
+    # logged: the method's qualified name through ``inspect``, and (when the
+    # connection goes) the Failure as text, traceback and all. That was a
+    # twentieth of a new session's function calls; so the base class's
+    # steps and the server's connection count are taken here without it.
+
+    def _connectionMade(self):
+        WebSocketProtocol._connectionMade(self)
+        self.factory.countConnections += 1
+
+    def _connectionLost(self, reason):
+        WebSocketProtocol._connectionLost(self, reason)
+        self.factory.countConnections -= 1
 
     def dataReceived(self, data):
         # Plain binary frames of an open console are read by ClientFrames (to

@@ -1,8 +1,13 @@
-"""ClientFrames (the console's own reader of plain binary client frames) against frames built by the RFC; each connection's ping interval."""
+"""ClientFrames (the console's own reader of plain binary client frames) against frames built by the RFC; each connection's ping interval; autobahn's connection set-up and tear-down."""
 
 import struct
 
 from hypothesis import given, settings, strategies as st
+from autobahn.twisted.websocket import WebSocketServerProtocol
+from autobahn.websocket import protocol as autobahn_protocol
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from serialproxy.frames import ClientFrames
@@ -122,3 +127,23 @@ class PingTests(SynchronousTestCase):
         unpinged = ConsoleFactory(sessions=None, ping_interval=0).buildProtocol(None)
         unpinged.onConnect(_Request())
         self.assertEqual(unpinged.autoPingInterval, 0)
+
+
+class ConnectionTests(SynchronousTestCase):
+    def test_set_up_and_tear_down_as_autobahns_without_debug_text(self):
+        """A connection made and lost: autobahn's state and the factory's count as its server protocol leaves them, no debug text built."""
+        built = []
+        self.patch(autobahn_protocol, "hltype", lambda obj: built.append(obj) or "")
+        self.patch(autobahn_protocol, "hlval", lambda obj, **kw: built.append(obj) or "")
+        ours = ConsoleFactory(sessions=None)
+        theirs = ConsoleFactory(sessions=None)
+        theirs.protocol = type("Plain", (WebSocketServerProtocol,), {})
+        for factory in (ours, theirs):
+            protocol = factory.buildProtocol(None)
+            protocol.makeConnection(StringTransport())
+            self.assertEqual((protocol.state, factory.countConnections), (protocol.STATE_CONNECTING, 1))
+            protocol.connectionLost(Failure(ConnectionDone()))
+            self.assertEqual((protocol.state, factory.countConnections), (protocol.STATE_CLOSED, 0))
+            if factory is ours:
+                self.assertEqual(built, [])
+        self.assertTrue(built, "autobahn's own protocol builds its debug text (the patch is where it looks)")
