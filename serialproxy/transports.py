@@ -180,6 +180,16 @@ def _plain_tcp(transport) -> bool:
     return type(transport) in (tcp.Server, tcp.Client, ClientTransport, _VMClient) and not transport.TLS
 
 
+def _open_and_idle(transport) -> bool:
+    """A plain TCP transport, open (not closing, nor half-closing), that holds nothing unsent.
+
+    What ``send_now`` may write past, and ``close_now`` close at once.
+    """
+    return (_plain_tcp(transport) and transport.connected and not transport.disconnecting
+            and not transport._writeDisconnecting and not transport._writeDisconnected
+            and not transport._tempDataBuffer and transport.offset == len(transport.dataBuffer))
+
+
 def send_now(transport, chunks: tuple) -> None:
     """``transport.writeSequence(chunks)``, but sent at once when nothing is queued.
 
@@ -194,9 +204,7 @@ def send_now(transport, chunks: tuple) -> None:
     and any other transport always take the usual way.
     See docs/performance.md.
     """
-    if (_plain_tcp(transport) and transport.connected and not transport.disconnecting
-            and not transport._writeDisconnected and not transport._tempDataBuffer
-            and transport.offset == len(transport.dataBuffer)):
+    if _open_and_idle(transport):
         try:
             sent = transport.socket.sendmsg(chunks)
         except OSError:  # full (EAGAIN), or broken: Twisted's own write finds out and reports it
@@ -231,10 +239,8 @@ def close_now(transport) -> None:
     the protocol's included, before this returns. Anything else takes
     Twisted's way. See docs/performance.md.
     """
-    if (_plain_tcp(transport) and transport.connected and not transport.disconnecting
-            and not transport._writeDisconnecting and not transport._writeDisconnected
-            and not transport._tempDataBuffer and transport.offset == len(transport.dataBuffer)
-            and (transport.producer is None or (transport.streamingProducer and not transport.producerPaused))):
+    if _open_and_idle(transport) and (transport.producer is None
+                                      or (transport.streamingProducer and not transport.producerPaused)):
         transport.stopReading()
         transport.stopWriting()
         transport.connectionLost(Failure(main.CONNECTION_DONE))
