@@ -68,9 +68,31 @@ class _VMClient(tcp.Client):
     ``epoll_ctl`` and three more system calls. Asked again at once,
     ``connect()`` says such a connection is made. A VM farther away is
     still connecting then, and Twisted's own way follows, unchanged.
+
+    Twisted also makes its first attempt a reactor turn later, from a timed
+    call; ``_VMConnector`` makes it within its ``connect`` instead, once the
+    connector has set its timeout and told the factory (``_begin``).
     """
 
     _asked = False
+    _begin = None  # the first attempt (Twisted's resolveAddress), left to _VMConnector.connect
+
+    def _finishInit(self, whenDone, skt, err, reactor):
+        if whenDone is None:
+            return super()._finishInit(whenDone, skt, err, reactor)  # no socket: Twisted fails it a turn later
+        self._commonConnection.__init__(self, skt, None, reactor)
+        self._begin = whenDone
+        return None
+
+    def begin(self):
+        """Make the first attempt now: for an IP literal, no name to resolve; ask the socket."""
+        if self._requiresResolution:
+            self._begin()  # Twisted's: resolve, then connect (VMEndpoint is only given IP literals)
+            return
+        try:
+            self._setRealAddress(self.addr)
+        except BaseException:
+            self.failIfNotConnected(Failure())
 
     def doConnect(self):
         if self._asked or not hasattr(self, "connector"):
@@ -99,6 +121,11 @@ class _VMClient(tcp.Client):
 class _VMConnector(tcp.Connector):
     def _makeTransport(self):
         return _VMClient(self.host, self.port, self.bindAddress, self, self.reactor)
+
+    def connect(self):
+        super().connect()  # the transport, the timeout, the factory told
+        if self.transport is not None and self.transport._begin is not None:
+            self.transport.begin()
 
 
 class _Dial(ClientFactory):

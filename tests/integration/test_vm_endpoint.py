@@ -52,6 +52,7 @@ class VMEndpointTests(IntegrationTestCase):
         """On loopback the kernel has made the connection: the caller's own protocol has it, connected, both ways."""
         port, accepted = await self.listen()
         d = VMEndpoint(reactor, "127.0.0.1", port, 5).connect(Factory.forProtocol(_Peer))
+        self.assertTrue(d.called, "made within connect, with no reactor turn")
         writers = []
         reactor.callLater(0, lambda: writers.extend(w for w in reactor.getWriters() if isinstance(w, _VMClient)))
         protocol = await within(d, "connect")
@@ -92,8 +93,12 @@ class VMEndpointTests(IntegrationTestCase):
     async def test_refused(self):
         """Nothing listening: ConnectionRefusedError, as from Twisted's endpoint."""
         port = await closed_port(self)
+        d = VMEndpoint(reactor, "127.0.0.1", port, 5).connect(Factory.forProtocol(_Peer))
+        self.assertTrue(d.called, "refused within connect: loopback answers at once")
         with self.assertRaises(ConnectionRefusedError):
-            await within(VMEndpoint(reactor, "127.0.0.1", port, 5).connect(Factory.forProtocol(_Peer)), "refusal")
+            await within(d, "refusal")
+        self.assertEqual([c for c in reactor.getDelayedCalls() if getattr(c.func, "__name__", "") == "failIfNotConnected"],
+                         [], "no connect timeout left behind")
 
     async def test_timeout(self):
         """A connection not made within the timeout fails with TimeoutError."""
