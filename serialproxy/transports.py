@@ -20,7 +20,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.posixbase import PosixReactorBase
-from twisted.internet.protocol import ClientFactory
+from twisted.internet.protocol import ClientFactory, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -270,7 +270,7 @@ def close_now(transport) -> None:
                                       or (transport.streamingProducer and not transport.producerPaused)):
         transport.stopReading()
         transport.stopWriting()
-        transport.connectionLost(Failure(main.CONNECTION_DONE))
+        transport.connectionLost(connectionDone)  # Twisted's shared "closed cleanly" Failure
         return
     transport.loseConnection()
 

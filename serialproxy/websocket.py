@@ -16,9 +16,13 @@ import random
 from typing import ClassVar, Optional
 from urllib.parse import urlsplit
 
+from autobahn.twisted.util import create_transport_details
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.wamp.types import TransportDetails
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -80,12 +84,32 @@ class ConsoleProtocol(WebSocketServerProtocol):
         self._streaming = True
         self._frames = ClientFrames(self._input, MAX_FRAME) if apply_mask is not None else None
 
-    # autobahn's server protocol wraps these two of its base class for a
-    # debug line each, whose arguments it builds whether or not debug is
-    # logged: the method's qualified name through ``inspect``, and (when the
-    # connection goes) the Failure as text, traceback and all. That was a
-    # twentieth of a new session's function calls; so the base class's
-    # steps and the server's connection count are taken here without it.
+    # autobahn wraps a connection's set-up and tear-down in debug lines whose
+    # arguments it builds whether or not debug is logged: a method's qualified
+    # name through ``inspect`` (Twisted's connectionMade, and connectionLost
+    # when the connection ended cleanly) and, in its server protocol, the
+    # Failure as text, traceback and all. That was a tenth of a new
+    # session's function calls; so these four take autobahn's steps without
+    # the lines (docs/performance.md). Any other end of a connection (lost,
+    # aborted, a TLS error, which autobahn logs as an error) takes autobahn's
+    # own connectionLost.
+
+    def connectionMade(self):
+        details = create_transport_details(self.transport, self.is_server)
+        details.channel_framing = TransportDetails.CHANNEL_FRAMING_WEBSOCKET
+        self._transport_details = details
+        self.peer = details.peer
+        try:
+            self.transport.setTcpNoDelay(self.tcpNoDelay)
+        except (AttributeError, OSError):  # not TCP (autobahn's way too)
+            pass
+        self._connectionMade()
+
+    def connectionLost(self, reason=connectionDone):
+        if type(reason.value) is not ConnectionDone:
+            return super().connectionLost(reason)
+        self._connectionLost(reason)
+        return None
 
     def _connectionMade(self):
         WebSocketProtocol._connectionMade(self)

@@ -3,15 +3,17 @@
 import struct
 
 from hypothesis import given, settings, strategies as st
+from autobahn.twisted import websocket as autobahn_twisted
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket import protocol as autobahn_protocol
-from twisted.internet.error import ConnectionDone
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from serialproxy.frames import ClientFrames
-from serialproxy.websocket import MAX_FRAME, ConsoleFactory
+from serialproxy.websocket import MAX_FRAME, ConsoleFactory, ConsoleProtocol
 
 
 def frame(payload: bytes, mask: bytes = b"\x01\x02\x03\x04", first: int = 0x82, masked: bool = True,
@@ -130,20 +132,62 @@ class PingTests(SynchronousTestCase):
 
 
 class ConnectionTests(SynchronousTestCase):
-    def test_set_up_and_tear_down_as_autobahns_without_debug_text(self):
-        """A connection made and lost: autobahn's state and the factory's count as its server protocol leaves them, no debug text built."""
+    def patch_debug_text(self) -> list:
+        """Record every debug text autobahn builds (hltype, hlval), in the modules where it looks them up."""
         built = []
-        self.patch(autobahn_protocol, "hltype", lambda obj: built.append(obj) or "")
-        self.patch(autobahn_protocol, "hlval", lambda obj, **kw: built.append(obj) or "")
+        for module in (autobahn_protocol, autobahn_twisted):
+            self.patch(module, "hltype", lambda obj: built.append(obj) or "")
+            self.patch(module, "hlval", lambda obj, **kw: built.append(obj) or "")
+        return built
+
+    def both(self):
+        """A console factory, and one of autobahn's own server protocol with the same options."""
         ours = ConsoleFactory(sessions=None)
         theirs = ConsoleFactory(sessions=None)
         theirs.protocol = type("Plain", (WebSocketServerProtocol,), {})
-        for factory in (ours, theirs):
+        return ours, theirs
+
+    def test_set_up_and_tear_down_as_autobahns_without_debug_text(self):
+        """A connection made and closed cleanly: autobahn's state, details and the factory's count as its server protocol leaves them, no debug text built."""
+        built = self.patch_debug_text()
+        seen = []
+        for factory in self.both():
             protocol = factory.buildProtocol(None)
-            protocol.makeConnection(StringTransport())
-            self.assertEqual((protocol.state, factory.countConnections), (protocol.STATE_CONNECTING, 1))
+            transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 40000))
+            transport.setTcpNoDelay = lambda enabled: seen.append(enabled)
+            protocol.makeConnection(transport)
+            details = protocol._transport_details
+            seen.append((protocol.state, factory.countConnections, protocol.peer, details.peer,
+                         details.channel_framing, details.channel_type, details.is_server))
             protocol.connectionLost(Failure(ConnectionDone()))
-            self.assertEqual((protocol.state, factory.countConnections), (protocol.STATE_CLOSED, 0))
-            if factory is ours:
+            seen.append((protocol.state, factory.countConnections))
+            if factory.protocol is ConsoleProtocol:
                 self.assertEqual(built, [])
         self.assertTrue(built, "autobahn's own protocol builds its debug text (the patch is where it looks)")
+        ours, theirs = seen[:len(seen) // 2], seen[len(seen) // 2:]
+        self.assertEqual(ours, theirs)
+        self.assertEqual(ours[0], True, "Nagle off, as autobahn sets it")
+        self.assertEqual(ours[1][:4], (ConsoleProtocol.STATE_CONNECTING, 1, "tcp4:192.0.2.7:40000", "tcp4:192.0.2.7:40000"))
+        self.assertEqual(ours[2], (ConsoleProtocol.STATE_CLOSED, 0))
+
+    def test_a_transport_without_nagle_is_taken_as_autobahn_takes_it(self):
+        """A transport with no setTcpNoDelay (not TCP) is connected all the same."""
+        protocol = ConsoleFactory(sessions=None).buildProtocol(None)
+        protocol.makeConnection(StringTransport())
+        self.assertEqual(protocol.state, protocol.STATE_CONNECTING)
+
+    def test_any_other_end_takes_autobahns_own_way(self):
+        """A connection lost or aborted goes through autobahn's connectionLost (which logs TLS errors), with the same end state."""
+        calls = []
+        autobahns = WebSocketServerProtocol.connectionLost
+        self.patch(WebSocketServerProtocol, "connectionLost", lambda self, why: calls.append(why) or autobahns(self, why))
+        for reason in (ConnectionLost("reset"), ConnectionAborted()):
+            ends = []
+            for factory in self.both():
+                protocol = factory.buildProtocol(None)
+                protocol.makeConnection(StringTransport())
+                del calls[:]
+                protocol.connectionLost(Failure(reason))
+                ends.append((protocol.state, factory.countConnections, protocol.wasClean, len(calls)))
+            self.assertEqual(ends[0], ends[1])
+            self.assertEqual(ends[0], (ConsoleProtocol.STATE_CLOSED, 0, False, 1))
