@@ -262,15 +262,16 @@ def close_now(transport) -> None:
     (client and VM). A plain TCP transport that holds nothing, is not closing
     already and has no paused producer (Twisted would resume it rather than
     close) is closed here instead, the way Twisted closes a connection whose
-    write side is already shut: reading stops and ``connectionLost`` runs,
-    the protocol's included, before this returns. Anything else takes
+    write side is already shut: ``connectionLost`` runs (reading stops, the
+    socket is closed, the protocol is told) before this returns. Anything else takes
     Twisted's way. See docs/performance.md.
     """
     if _open_and_idle(transport) and (transport.producer is None
                                       or (transport.streamingProducer and not transport.producerPaused)):
-        transport.stopReading()
-        transport.stopWriting()
-        transport.connectionLost(connectionDone)  # Twisted's shared "closed cleanly" Failure
+        # Twisted's connectionLost stops reading and writing, closes the
+        # socket, then tells the protocol; connectionDone is its shared
+        # "closed cleanly" Failure.
+        transport.connectionLost(connectionDone)
         return
     transport.loseConnection()
 
