@@ -1,4 +1,4 @@
-"""twistd's own log, with its timestamps formatted once a second.
+"""twistd's own log, with its timestamps formatted once a second; a cheaper Logger for the per-session lines.
 
 twistd writes every event through a text observer that formats the event's
 time (local time zone, to the second) from scratch: about a third of what
@@ -8,14 +8,55 @@ through :func:`twistd_observer`: the observer twistd itself would make for
 its options (``--logfile``, ``-n`` to stdout, SIGUSR1 to rotate), whose
 lines are the same text, with the timestamp string kept for the second it
 names. See docs/performance.md.
+
+:class:`Logger` is ``twisted.logger``'s, for the lines every console
+session logs, less two costs per event (see its doc).
 """
 
 import math
+import time
 from typing import Optional
 
-from twisted.logger import formatEventAsClassicLogText, formatTime
+from twisted import logger
+from twisted.logger import LogLevel, formatEventAsClassicLogText, formatTime
 
-__all__ = ["format_event", "log_through_us", "twistd_observer"]
+__all__ = ["Logger", "format_event", "log_through_us", "twistd_observer"]
+
+_LEVELS = frozenset(LogLevel.iterconstants())
+
+
+class Logger(logger.Logger):
+    """``twisted.logger.Logger``, less two costs it pays on every event.
+
+    - ``emit`` checks the level against the set of levels, made once;
+      twisted's sorts every level anew to check it. An unknown level takes
+      twisted's way (which logs the mistake).
+    - As a class attribute (a descriptor), twisted's makes a new logger on
+      every access, its source the instance; this one makes one per class,
+      on first use, its source the class. Namespace and observer are
+      twisted's.
+
+    The events are twisted's, field for field. See docs/performance.md.
+    """
+
+    _bound = None  # the logger this descriptor gave its class
+
+    def __get__(self, instance, owner=None):
+        bound = self._bound
+        if bound is None or bound.source is not owner or bound.observer is not self.observer:
+            bound = self._bound = super().__get__(None, owner)
+        return bound
+
+    def emit(self, level, format=None, **kwargs):
+        if level not in _LEVELS:
+            return super().emit(level, format, **kwargs)
+        kwargs.update(log_logger=self, log_level=level, log_namespace=self.namespace, log_source=self.source,
+                      log_format=format, log_time=time.time())
+        trace = kwargs.get("log_trace")
+        if trace is not None:
+            trace.append((self, self.observer))
+        self.observer(kwargs)
+        return None
 
 _twistd_options = {}  # twistd's options, for twistd_observer() (set by log_through_us)
 _stamp = (None, "-")  # (a whole second, its timestamp text): one tuple, so threads see both or neither

@@ -35,13 +35,13 @@ from typing import Callable, ClassVar, Dict, Optional
 from attrs import define, evolve, field
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .bridge import Attachment, Console, IConsoleClient
 from .consoles import Consoles, name_of
 from .errors import BadRequest, CloseCode, ConsoleBusy, NotFound, SerialProxyError, TokenInvalid
 from .interfaces import ConsoleLock, ConsoleToken, IStore, SessionRecord
+from .logs import Logger
 from .rows import SessionRows
 from .timers import IdleTimer, LeaseService
 from .tokens import UNKNOWN_TOKEN, TokenService, new_id
@@ -127,7 +127,7 @@ class SessionManager:
     sole_node: bool = False  # the database's only user: sessions are let in while their open transaction runs
     _writers: Dict[tuple, ConsoleLock] = field(factory=dict)  # console key -> the lock of its writer here (or one attaching)
     _attaching: Dict[str, "_Attaching"] = field(factory=dict)  # session id -> its server, while it attaches
-    _log: ClassVar[Logger] = Logger()
+    _log: ClassVar[Logger] = Logger()  # logs.Logger: two lines a session (see its doc)
 
     def __attrs_post_init__(self):
         if self.rows is None:

@@ -6,7 +6,8 @@ import signal
 import sys
 
 from hypothesis import given, strategies as st
-from twisted.logger import LogLevel, formatEventAsClassicLogText, formatTime
+from twisted.logger import Logger, LogLevel, formatEventAsClassicLogText, formatTime
+from twisted.logger import _logger as twisted_logger_module
 from twisted.python.failure import Failure
 from twisted.scripts.twistd import ServerOptions
 from twisted.trial.unittest import SynchronousTestCase
@@ -91,3 +92,60 @@ class TwistdTests(SynchronousTestCase):
         """--syslog and a --logger of the operator's are twistd's business."""
         self.assertIsNone(self.parsed("-n", "--syslog")["logger"])
         self.assertIs(self.parsed("-n", "--logger=serialproxy.logs.format_event")["logger"], logs.format_event)
+
+
+class _Ours:
+    log = logs.Logger()
+
+
+class _Theirs:
+    log = Logger()
+
+
+class LoggerTests(SynchronousTestCase):
+    def events(self, owner, emit) -> list:
+        seen = []
+        self.patch(owner.__dict__["log"], "observer", seen.append)
+        emit(owner().log)
+        return seen
+
+    def test_the_same_events_as_twisteds(self):
+        """Every level, a failure and a trace: the events of twisted's Logger, field for field (but the source: the class)."""
+        self.patch(logs.time, "time", lambda: 1234.5)
+        self.patch(twisted_logger_module, "time", lambda: 1234.5)
+
+        def emit(log):
+            for level in LogLevel.iterconstants():
+                log.emit(level, "at {level_name}", level_name=level.name, log_trace=[])
+            try:
+                1 / 0
+            except ZeroDivisionError:
+                log.failure("it failed: {why}", why="arithmetic")
+
+        ours, theirs = self.events(_Ours, emit), self.events(_Theirs, emit)
+        self.assertEqual(len(ours), len(list(LogLevel.iterconstants())) + 1)
+        for mine, twisteds in zip(ours, theirs):
+            self.assertIs(mine.pop("log_source"), _Ours)
+            self.assertIsInstance(twisteds.pop("log_source"), _Theirs)
+            self.assertIsInstance(mine.pop("log_logger"), logs.Logger)
+            self.assertIsInstance(twisteds.pop("log_logger"), Logger)
+            mine_failure, twisteds_failure = mine.pop("log_failure", None), twisteds.pop("log_failure", None)
+            self.assertEqual(type(mine_failure), type(twisteds_failure))
+            self.assertEqual(len(mine.pop("log_trace", [])), len(twisteds.pop("log_trace", [])))
+            self.assertEqual(mine["log_namespace"], "tests.unit.test_logs._Ours")
+            mine["log_namespace"] = twisteds["log_namespace"]
+            self.assertEqual(mine, twisteds)
+
+    def test_an_unknown_level_is_reported_as_twisted_does(self):
+        """A level that is not a LogLevel is no event of its own: twisted's critical complaint names it."""
+        ours = self.events(_Ours, lambda log: log.emit("loud", "hello"))
+        self.assertEqual([e["log_level"] for e in ours], [LogLevel.critical])
+        self.assertEqual(ours[0]["invalidLevel"], "loud")
+
+    def test_one_logger_per_class(self):
+        """Each access gives the same logger, named for the class, with twisted's observer."""
+        first, second = _Ours().log, _Ours().log
+        self.assertIs(first, second)
+        self.assertEqual(first.namespace, "tests.unit.test_logs._Ours")
+        self.assertIs(first.observer, _Ours.__dict__["log"].observer)
+        self.assertIsNot(_Theirs().log, _Theirs().log)
