@@ -17,7 +17,6 @@ import base64
 import hashlib
 import os
 import re
-import uuid
 from collections import OrderedDict
 from typing import Callable, ClassVar
 
@@ -48,8 +47,17 @@ def new_secret(entropy: Callable[[int], bytes]) -> str:
 
 
 def new_id(entropy: Callable[[int], bytes]) -> str:
-    """A random UUID (version 4) from the given entropy."""
-    return str(uuid.UUID(bytes=entropy(16), version=4))
+    """A random UUID (version 4) from the given entropy, as text: ``str(uuid.UUID(bytes=..., version=4))``.
+
+    Spelled out because every console session takes one, and ``uuid.UUID``
+    checks its arguments and builds the text in Python, field by field; a
+    test checks the two agree for any 16 bytes.
+    """
+    raw = bytearray(entropy(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # the RFC 4122 variant
+    text = raw.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 @define

@@ -2,6 +2,7 @@
 
 import hashlib
 import itertools
+import uuid
 
 from attrs import define
 from hypothesis import given, strategies as st
@@ -12,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from serialproxy.errors import TokenExpired, TokenInvalid, Unauthorized
 from serialproxy.interfaces import SerialPort, Server
 from serialproxy.testing import MemoryStore
-from serialproxy.tokens import UNKNOWN_TOKEN, KeyService, TokenService, hash_secret, new_secret
+from serialproxy.tokens import UNKNOWN_TOKEN, KeyService, TokenService, hash_secret, new_id, new_secret
 
 
 def counting_entropy():
@@ -186,3 +187,15 @@ class KeyServiceTests(SynchronousTestCase):
         self.assertIn("missing", str(missing.value))
         self.assertIn("invalid", str(wrong.value))
         self.failureResultOf(self.auth("x" * 10000), Unauthorized)
+
+
+class NewIdTests(SynchronousTestCase):
+    @given(st.binary(min_size=16, max_size=16))
+    def test_as_the_uuid_module_writes_it(self, raw):
+        """Any 16 bytes give the text of uuid.UUID(bytes=..., version=4)."""
+        self.assertEqual(new_id(lambda n: raw[:n]), str(uuid.UUID(bytes=raw, version=4)))
+
+    def test_asks_for_16_bytes(self):
+        asked = []
+        new_id(lambda n: asked.append(n) or bytes(n))
+        self.assertEqual(asked, [16])
