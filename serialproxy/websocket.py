@@ -66,6 +66,9 @@ def close_reason(reason: str) -> str:
     return encoded[:120].decode("utf-8", "ignore") + "..."
 
 
+_AUTOBAHN_LOG = WebSocketServerProtocol.log  # the class's txaio logger (its __get__ returns it)
+
+
 @implementer(IConsoleClient)
 class ConsoleProtocol(WebSocketServerProtocol):
     """One websocket console session."""
@@ -83,6 +86,12 @@ class ConsoleProtocol(WebSocketServerProtocol):
         self._pending_bytes = 0
         self._streaming = True
         self._frames = ClientFrames(self._input, MAX_FRAME) if apply_mask is not None else None
+        # autobahn's logger (txaio's), held by the instance: as a class
+        # attribute it is a descriptor, and autobahn asks it for about a
+        # dozen debug lines a session (each a call to its __get__, then one
+        # to the no-op that drops the line). The same logger: txaio still
+        # sets its level.
+        self.log = _AUTOBAHN_LOG
 
     # autobahn wraps a connection's set-up and tear-down in debug lines whose
     # arguments it builds whether or not debug is logged: a method's qualified

@@ -191,3 +191,9 @@ class ConnectionTests(SynchronousTestCase):
                 ends.append((protocol.state, factory.countConnections, protocol.wasClean, len(calls)))
             self.assertEqual(ends[0], ends[1])
             self.assertEqual(ends[0], (ConsoleProtocol.STATE_CLOSED, 0, False, 1))
+
+    def test_autobahns_logger_is_its_own(self):
+        """The protocol holds autobahn's own (txaio) logger, so txaio's level settings reach it."""
+        protocol = ConsoleFactory(sessions=None).buildProtocol(None)
+        self.assertIs(protocol.log, WebSocketServerProtocol.log)
+        self.assertIn("log", vars(protocol), "held by the instance, not looked up through the descriptor")
