@@ -202,17 +202,20 @@ class VMEndpoint:
         return dial.connected
 
 
+_PLAIN_TCP = frozenset((tcp.Server, tcp.Client, ClientTransport, _VMClient))
+
+
 def _plain_tcp(transport) -> bool:
     """A plain (not TLS) TCP transport of Twisted's, whose socket and buffers send_now and held_bytes use."""
-    return type(transport) in (tcp.Server, tcp.Client, ClientTransport, _VMClient) and not transport.TLS
+    return type(transport) in _PLAIN_TCP and not transport.TLS
 
 
 def _open_and_idle(transport) -> bool:
-    """A plain TCP transport, open (not closing, nor half-closing), that holds nothing unsent.
+    """A plain TCP transport (as ``_plain_tcp``), open (not closing, nor half-closing), that holds nothing unsent.
 
     What ``send_now`` may write past, and ``close_now`` close at once.
     """
-    return (_plain_tcp(transport) and transport.connected and not transport.disconnecting
+    return (type(transport) in _PLAIN_TCP and not transport.TLS and transport.connected and not transport.disconnecting
             and not transport._writeDisconnecting and not transport._writeDisconnected
             and not transport._tempDataBuffer and transport.offset == len(transport.dataBuffer))
 
