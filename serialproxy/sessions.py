@@ -160,7 +160,7 @@ class SessionManager:
         # The line is formatted here by an f-string, not field by field by the
         # log observer (a tenth of a new session's CPU went to these two
         # events); the fields stay in the event for structured observers.
-        console_name = session.console_name
+        console_name = console.name  # the session's console_name, made once with the console
         self._log.info("attach: {text}", text=f"{peer} on console {console_name} as {mode} (session {session_id}, tenant {tenant})",
                        event="attach", peer=peer, console=console_name, mode=mode, session=session_id, tenant=tenant)
         return session
@@ -260,7 +260,7 @@ class SessionManager:
             session.recording.close()
         if not session.unrecorded:
             self.rows.close(session.id)
-        console_name, bytes_in, bytes_out = session.console_name, session.attachment.bytes_in, session.attachment.bytes_out
+        console_name, bytes_in, bytes_out = session.console.name, session.attachment.bytes_in, session.attachment.bytes_out
         self._log.info("detach: {text}", text=f"{session.peer} from console {console_name} (session {session.id}, {bytes_in} bytes in, {bytes_out} out)",
                        event="detach", peer=session.peer, console=console_name, session=session.id, bytes_in=bytes_in, bytes_out=bytes_out)
 
