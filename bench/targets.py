@@ -199,8 +199,9 @@ class Serialproxy:
     key = "serialproxy"
 
     def __init__(self, processes: Processes, workdir: str, file_limit_hard: Optional[int] = None, settings: str = "",
-                 twistd_args: Sequence[str] = ()):
-        """``settings``: more ``[serial_console]`` lines for its config file; ``twistd_args``: more twistd options."""
+                 twistd_args: Sequence[str] = (), wrapper: Sequence[str] = (), start_timeout: float = START_TIMEOUT):
+        """``settings``: more ``[serial_console]`` lines for its config file; ``twistd_args``: more twistd options;
+        ``wrapper``: a command that runs twistd (valgrind, for bench/instructions.py)."""
         self._dir = workdir
         os.makedirs(workdir, exist_ok=True)
         self.config = os.path.join(workdir, "serialproxy.ini")
@@ -209,11 +210,11 @@ class Serialproxy:
                     + settings)
         self.admin_key = self._manage("create-key", "--tenant", "ops", "--admin")
         self.log = os.path.join(workdir, "twistd.log")
-        self.process = processes.start([os.path.join(BIN, "twistd"), "-n", "--pidfile=", "-l", self.log, *twistd_args,
+        self.process = processes.start([*wrapper, os.path.join(BIN, "twistd"), "-n", "--pidfile=", "-l", self.log, *twistd_args,
                                         "serialproxy", "--config", self.config],
                                        cwd=workdir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                        stderr=subprocess.DEVNULL, preexec_fn=_file_limit_setter(file_limit_hard))
-        found = _wait_for("serialproxy", self._listening_line, process=self.process)
+        found = _wait_for("serialproxy", self._listening_line, start_timeout, process=self.process)
         self.base_url, self.port = found.group(1), int(found.group(2))
         self.file_limit = file_limit(self.process.pid)
         self.room = int(re.search(r"room for about (\d+) console sessions", open(self.log).read()).group(1))
