@@ -70,8 +70,9 @@ class _VMClient(tcp.Client):
     still connecting then, and Twisted's own way follows, unchanged.
 
     Twisted also makes its first attempt a reactor turn later, from a timed
-    call; ``_VMConnector`` makes it within its ``connect`` instead, once the
-    connector has set its timeout and told the factory (``_begin``).
+    call; ``_VMConnector`` makes it within its ``connect`` instead, once it
+    has told the factory (``_begin``), and sets the connect timeout only if
+    the attempt waits.
     """
 
     _asked = False
@@ -123,9 +124,23 @@ class _VMConnector(tcp.Connector):
         return _VMClient(self.host, self.port, self.bindAddress, self, self.reactor)
 
     def connect(self):
-        super().connect()  # the transport, the timeout, the factory told
-        if self.transport is not None and self.transport._begin is not None:
-            self.transport.begin()
+        """Twisted's ``BaseConnector.connect``, but the first attempt is made here, and the timeout set only if it waits.
+
+        A VM on this host is connected (or has refused) before this returns,
+        so no timer is made to be cancelled at once.
+        """
+        if self.state != "disconnected":
+            raise RuntimeError("can't connect in this state")
+        self.state = "connecting"
+        if not self.factoryStarted:
+            self.factory.doStart()
+            self.factoryStarted = 1
+        self.transport = transport = self._makeTransport()
+        self.factory.startedConnecting(self)
+        if transport._begin is not None:
+            transport.begin()
+        if self.state == "connecting" and self.timeout is not None:
+            self.timeoutID = self.reactor.callLater(self.timeout, transport.failIfNotConnected, error.TimeoutError())
 
 
 class _Dial(ClientFactory):

@@ -24,6 +24,11 @@ class _Peer(Protocol):
         self.received += data
 
 
+def connect_timeouts() -> list:
+    """The reactor's pending connect timeouts (Twisted's connector times a connection out with failIfNotConnected)."""
+    return [call for call in reactor.getDelayedCalls() if getattr(call.func, "__name__", "") == "failIfNotConnected"]
+
+
 class VMEndpointTests(IntegrationTestCase):
     async def listen(self):
         accepted = []
@@ -53,6 +58,7 @@ class VMEndpointTests(IntegrationTestCase):
         port, accepted = await self.listen()
         d = VMEndpoint(reactor, "127.0.0.1", port, 5).connect(Factory.forProtocol(_Peer))
         self.assertTrue(d.called, "made within connect, with no reactor turn")
+        self.assertEqual(connect_timeouts(), [], "no connect timeout made (to be cancelled at once)")
         writers = []
         reactor.callLater(0, lambda: writers.extend(w for w in reactor.getWriters() if isinstance(w, _VMClient)))
         protocol = await within(d, "connect")
@@ -84,6 +90,7 @@ class VMEndpointTests(IntegrationTestCase):
         d = VMEndpoint(reactor, "127.0.0.1", port, 30).connect(Factory.forProtocol(_Peer))
         await self.waiting()
         self.assertFalse(d.called)
+        self.assertEqual(len(connect_timeouts()), 1, "a connection that waits is timed")
         self.listener.accept()[0].close()  # room: the SYN the kernel sends again (after a second) gets in
         protocol = await within(d, "the connection, once the SYN is sent again", 15)
         self.addCleanup(protocol.transport.abortConnection)
@@ -97,8 +104,7 @@ class VMEndpointTests(IntegrationTestCase):
         self.assertTrue(d.called, "refused within connect: loopback answers at once")
         with self.assertRaises(ConnectionRefusedError):
             await within(d, "refusal")
-        self.assertEqual([c for c in reactor.getDelayedCalls() if getattr(c.func, "__name__", "") == "failIfNotConnected"],
-                         [], "no connect timeout left behind")
+        self.assertEqual(connect_timeouts(), [], "no connect timeout left behind")
 
     async def test_timeout(self):
         """A connection not made within the timeout fails with TimeoutError."""
