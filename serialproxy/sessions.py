@@ -38,7 +38,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from .bridge import Attachment, Console, IConsoleClient
-from .consoles import Consoles, name_of
+from .consoles import Consoles
 from .errors import BadRequest, CloseCode, ConsoleBusy, NotFound, SerialProxyError, TokenInvalid
 from .interfaces import ConsoleLock, ConsoleToken, IStore, SessionRecord
 from .logs import Logger
@@ -90,10 +90,6 @@ class Session:
     timers: list = field(factory=list)  # everything to cancel on detach
     idle: Optional[IdleTimer] = None
     recording: object = None
-
-    @property
-    def console_name(self) -> str:
-        return name_of(self.token)
 
 
 @define(eq=False)
@@ -160,7 +156,7 @@ class SessionManager:
         # The line is formatted here by an f-string, not field by field by the
         # log observer (a tenth of a new session's CPU went to these two
         # events); the fields stay in the event for structured observers.
-        console_name = console.name  # the session's console_name, made once with the console
+        console_name = console.name  # server id / port index (consoles.name_of), made once with the console
         self._log.info("attach: {text}", text=f"{peer} on console {console_name} as {mode} (session {session_id}, tenant {tenant})",
                        event="attach", peer=peer, console=console_name, mode=mode, session=session_id, tenant=tenant)
         return session
