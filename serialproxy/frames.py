@@ -1,22 +1,23 @@
 """The websocket frames this proxy reads and writes itself, on the byte path (see docs/performance.md).
 
 Console output goes out as final, unmasked frames whose header is built
-here (``frame_header``); a console client's plain binary frames are read by
-``ClientFrames``. Everything else (the handshake, control frames, text,
-fragments) is autobahn's, in :mod:`serialproxy.websocket`.
+here (``frame_header``); a console client's plain binary frames, and its
+close frame, are read by ``ClientFrames``. Everything else (the handshake,
+other control frames, text, fragments) is autobahn's, in
+:mod:`serialproxy.websocket`.
 """
 
 import struct
-from typing import Callable
+from typing import Callable, Optional
 
 try:  # websockets' C unmasking (SSE2); without it autobahn reads every frame
     from websockets.speedups import apply_mask
 except ImportError:  # pragma: no cover - websockets ships it in its wheels
     apply_mask = None
 
-__all__ = ["BINARY", "TEXT", "ClientFrames", "apply_mask", "frame_header"]
+__all__ = ["BINARY", "CLOSE", "TEXT", "ClientFrames", "apply_mask", "frame_header"]
 
-BINARY, TEXT = 0x82, 0x81  # the first byte of a final binary / text frame
+BINARY, TEXT, CLOSE = 0x82, 0x81, 0x88  # the first byte of a final binary / text / close frame
 _EXTENDED_LENGTH = {126: 2, 127: 8}  # bytes of extended payload length after these 7-bit lengths
 
 
@@ -40,16 +41,26 @@ class ClientFrames:
     of any other kind (control frames, text, fragments, anything unusual or
     invalid) ``feed`` stops and returns the bytes from that frame on, for
     autobahn to read.
+
+    A whole, masked close frame in one read, with no payload or a code
+    (two bytes or more, at most 125), is unmasked and handed to
+    ``on_close(code, reason)`` as autobahn's reading of it hands it to its
+    ``onCloseFrame`` (code and reason None when absent, the reason as raw
+    bytes, checked there), after the payloads before it; ``feed`` returns
+    what follows it.
     """
 
-    __slots__ = ("_deliver", "_max", "_head", "_left", "_mask")
+    __slots__ = ("_deliver", "_max", "_on_close", "_head", "_left", "_mask", "_closing")
 
-    def __init__(self, deliver: Callable[..., None], max_payload: int):
+    def __init__(self, deliver: Callable[..., None], max_payload: int,
+                 on_close: Optional[Callable[[Optional[int], Optional[bytes]], object]] = None):
         self._deliver = deliver
         self._max = max_payload
+        self._on_close = on_close
         self._head = b""  # the start of a frame header a read cut short
         self._left = 0  # payload bytes of the current frame still to come
         self._mask = b""  # its mask, turned to where the next byte falls
+        self._closing = None  # (code, reason) of a close frame this read carried
 
     @property
     def idle(self) -> bool:
@@ -67,6 +78,10 @@ class ClientFrames:
         rest = self._read(data, pieces)
         if pieces:
             self._deliver(*pieces)
+        closing = self._closing
+        if closing is not None:
+            self._closing = None
+            self._on_close(*closing)
         return rest
 
     def _read(self, data: bytes, pieces: list) -> bytes:
@@ -85,6 +100,8 @@ class ClientFrames:
                 self._head = data[pos:]
                 return b""
             first, second = data[pos], data[pos + 1]
+            if first == CLOSE and second & 0x80 and self._on_close is not None:
+                return self._read_close(data, view, pos)
             if first != BINARY or not second & 0x80:  # not a final binary frame, or not masked
                 return data[pos:]
             length = second & 0x7F
@@ -100,3 +117,13 @@ class ClientFrames:
             self._left = length
             pos += size + 4
         return b""
+
+    def _read_close(self, data: bytes, view: memoryview, pos: int) -> bytes:
+        """A close frame at ``pos``: kept for ``on_close`` if whole and plain; what follows, or it for autobahn."""
+        length = data[pos + 1] & 0x7F
+        after = pos + 6 + length
+        if length == 1 or length > 125 or after > len(data):
+            return data[pos:]
+        payload = apply_mask(view[pos + 6:after], data[pos + 2:pos + 6])
+        self._closing = (struct.unpack("!H", payload[:2])[0] if length else None, payload[2:] if length > 2 else None)
+        return data[after:]

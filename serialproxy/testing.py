@@ -11,6 +11,7 @@ import xml.etree.ElementTree as ET
 from attrs import define, evolve, field
 from twisted.enterprise import adbapi
 from twisted.internet.defer import fail, succeed
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -21,7 +22,8 @@ from .interfaces import IHypervisorDriver, IStore
 from .libvirt_driver import HypervisorError
 from .ports import IPortProbe
 
-__all__ = ["MemoryStore", "FakeHypervisorDriver", "FakeProbe", "InlineThreadPool", "InlineReactor", "inline_database"]
+__all__ = ["MemoryStore", "FakeHypervisorDriver", "FakeProbe", "InlineThreadPool", "InlineReactor", "inline_database",
+           "TCPStringTransport"]
 
 
 def _result(fn):
@@ -299,6 +301,13 @@ class InlineReactor:
 
     def removeSystemEventTrigger(self, trigger):
         pass
+
+
+class TCPStringTransport(StringTransport):
+    """A StringTransport that, as Twisted's TCP transport does, lets a protocol unregister a producer it never registered (autobahn does)."""
+
+    def unregisterProducer(self):
+        self.producer = None
 
 
 def inline_database(url: str) -> Database:

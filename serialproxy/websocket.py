@@ -141,7 +141,10 @@ class ConsoleProtocol(WebSocketServerProtocol):
         self._pending = []
         self._pending_bytes = 0
         self._streaming = True
-        self._frames = ClientFrames(self._input, MAX_FRAME) if apply_mask is not None else None
+        # Plain binary frames and the close frame are read by ClientFrames (the
+        # close as autobahn reads it, to autobahn's onCloseFrame, without its
+        # frame machinery and masker: see docs/performance.md).
+        self._frames = ClientFrames(self._input, MAX_FRAME, self.onCloseFrame) if apply_mask is not None else None
         # autobahn's logger (txaio's), held by the instance: as a class
         # attribute it is a descriptor, and autobahn asks it for about a
         # dozen debug lines a session (each a call to its __get__, then one

@@ -1,4 +1,4 @@
-"""ClientFrames (the console's own reader of plain binary client frames) against frames built by the RFC; each connection's ping interval; autobahn's connection set-up and tear-down."""
+"""ClientFrames (the console's own reader of plain binary client frames and the close frame) against frames built by the RFC and autobahn; each connection's ping interval; autobahn's connection set-up and tear-down."""
 
 import struct
 
@@ -13,6 +13,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from serialproxy.frames import ClientFrames
+from serialproxy.testing import TCPStringTransport
 from serialproxy.websocket import MAX_FRAME, ConsoleFactory, ConsoleProtocol
 
 
@@ -104,6 +105,71 @@ class ClientFramesTests(SynchronousTestCase):
             frames = ClientFrames(lambda data: None, MAX_FRAME)
             self.assertEqual(frames.feed(whole[:cut]), b"")
             self.assertEqual(frames.idle, idle)
+
+
+_CODES = st.none() | st.sampled_from([1000, 1001, 1003, 1004, 1005, 1006, 1011, 1015, 2999, 3000, 4000, 4999, 5000, 999, 0]) \
+    | st.integers(0, 65535)
+_REASONS = st.binary(max_size=123) | st.text(max_size=40).map(lambda text: text.encode("utf-8")[:123])
+
+
+def close_frame(code, reason: bytes, mask: bytes = b"\x01\x02\x03\x04") -> bytes:
+    return frame(b"" if code is None else struct.pack("!H", code) + reason, mask, first=0x88)
+
+
+class CloseFrameTests(SynchronousTestCase):
+    @settings(max_examples=200, deadline=None)
+    @given(_PAYLOADS, _CODES, _REASONS, st.binary(max_size=20), st.binary(min_size=4, max_size=4))
+    def test_a_whole_close_frame_goes_to_on_close(self, before, code, reason, after, mask):
+        """After the payloads before it, a close frame in one read is handed on as autobahn reads it (code, raw reason, None when absent); what follows is returned."""
+        delivered, closes = [], []
+        frames = ClientFrames(lambda *pieces: delivered.extend(pieces), MAX_FRAME,
+                              lambda code, reason: closes.append((code, reason, b"".join(delivered))))
+        rest = frames.feed(b"".join(frame(p, mask) for p in before) + close_frame(code, reason, mask) + after)
+        expected_reason = reason if code is not None and reason else None
+        self.assertEqual(closes, [(code, expected_reason, b"".join(before))])
+        self.assertEqual(rest, after)
+
+    def test_a_close_frame_not_whole_in_one_read_is_autobahns(self):
+        """Cut after its first two bytes, a one-byte payload, or unmasked: from its first byte to autobahn. Cut within its first two bytes: read whole with the next read."""
+        closes = []
+        whole = close_frame(1000, b"bye")
+        for cut in range(1, len(whole)):
+            frames = ClientFrames(lambda *pieces: None, MAX_FRAME, lambda *close: closes.append(close))
+            first = frames.feed(whole[:cut])
+            if cut < 2:
+                self.assertEqual((first, frames.feed(whole[cut:]), closes.pop()), (b"", b"", (1000, b"bye")))
+            else:
+                self.assertEqual(first, whole[:cut])
+        for odd in (frame(b"\x03", first=0x88), frame(b"\x03\xe8", first=0x88, masked=False)):
+            frames = ClientFrames(lambda *pieces: None, MAX_FRAME, lambda *close: closes.append(close))
+            self.assertEqual(frames.feed(odd), odd)
+        self.assertEqual(closes, [])
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.binary(max_size=200), max_size=3), _CODES, _REASONS, st.binary(max_size=12),
+           st.lists(st.integers(0, 700), max_size=3))
+    def test_a_console_closes_as_autobahn_closes(self, before, code, reason, after, cuts):
+        """Any close frame after any input, cut anywhere: the same reply, state, close code and reason, and input, as when autobahn reads every frame."""
+        stream = b"".join(frame(p) for p in before) + close_frame(code, reason) + after
+        outcomes = []
+        for ours in (True, False):
+            protocol = ConsoleFactory(sessions=None, ping_interval=0).buildProtocol(None)
+            protocol.onOpen = lambda: None
+            if not ours:
+                protocol._frames = None  # autobahn reads every frame
+            transport = TCPStringTransport()
+            protocol.makeConnection(transport)
+            protocol.dataReceived(_HEAD)
+            transport.clear()
+            for chunk in split(stream, cuts):
+                protocol.dataReceived(chunk)
+            outcomes.append((transport.value(), protocol.state, protocol.wasClean, protocol.remoteCloseCode,
+                             protocol.remoteCloseReason, protocol.localCloseCode, b"".join(protocol._pending)))
+        self.assertEqual(outcomes[0], outcomes[1])
+
+
+_HEAD = (b"GET /?token=t HTTP/1.1\r\nHost: 127.0.0.1:6083\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+         b"Sec-WebSocket-Key: AAECAwQFBgcICQoLDA0ODw==\r\nSec-WebSocket-Version: 13\r\n\r\n")
 
 
 class _Request:

@@ -7,20 +7,13 @@ from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket import protocol as autobahn_protocol
 from hypothesis import event, given, settings, strategies as st
 from twisted.internet.address import IPv4Address
-from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
+from serialproxy.testing import TCPStringTransport
 from serialproxy.websocket import ConsoleFactory, ConsoleProtocol
 
 KEY = base64.b64encode(bytes(range(16))).decode()
 ALLOWED = ("https://console.example",)
-
-
-class _Transport(StringTransport):
-    """A StringTransport that, as Twisted's TCP transport, lets a protocol unregister a producer it never registered."""
-
-    def unregisterProducer(self):
-        self.producer = None
 
 
 def request(uri: str = "/?token=t0k&mode=read", headers: tuple = (), line: str = None) -> bytes:
@@ -55,7 +48,7 @@ def handshake(head: bytes, autobahns: bool = False) -> tuple:
     protocol.onOpen = lambda: opened.append(True)
     if autobahns:
         protocol.processHandshake = lambda: WebSocketServerProtocol.processHandshake(protocol)
-    transport = _Transport(peerAddress=IPv4Address("TCP", "192.0.2.7", 40000))
+    transport = TCPStringTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 40000))
     protocol.makeConnection(transport)
     protocol.dataReceived(head + b"\x88\x80")  # a frame after the head stays for the frame reader
     kept = None
@@ -158,7 +151,7 @@ class PlainUpgradeTests(SynchronousTestCase):
         factory = ConsoleFactory(sessions=None, ping_interval=0)
         factory.setSessionParameters(externalPort=6083)
         protocol = factory.buildProtocol(None)
-        transport = _Transport()
+        transport = TCPStringTransport()
         protocol.makeConnection(transport)
         protocol.dataReceived(head)
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 "), transport.value())
