@@ -270,8 +270,14 @@ class ConsoleProtocol(WebSocketServerProtocol):
         return None
 
     def onOpen(self):
-        self.transport.pauseProducing()
+        # The client is not read while its session attaches (the console
+        # resumes it, as does a refusal). An attach that waits for nothing (a
+        # token in memory, sqlite) is over before this returns, and nothing
+        # can be read meanwhile: the client is paused only when it waits,
+        # which spares two epoll_ctl calls a session (docs/performance.md).
         d = Deferred.fromCoroutine(self._attach())
+        if not d.called:
+            self.transport.pauseProducing()
         d.addErrback(lambda f: self._log.failure("attaching a console failed", f))
 
     async def _attach(self):

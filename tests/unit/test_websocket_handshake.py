@@ -165,3 +165,50 @@ class PlainUpgradeTests(SynchronousTestCase):
             self.assertEqual(opened, [])
             self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 0 if autobahns else 1)
 
+
+
+class _Sessions:
+    """What ConsoleProtocol asks of the session manager; ``attach`` waits for ``wait`` if given, then resumes the client as a console does."""
+
+    def __init__(self, wait=None):
+        self.wait = wait
+        self.input = []
+
+    async def attach(self, client, secret, peer, mode):
+        if self.wait is not None:
+            await self.wait
+        client.transport.resumeProducing()  # Console.attach's last step
+        return "session"
+
+    def from_client(self, session, *data):
+        self.input.extend(data)
+
+
+class AttachTests(SynchronousTestCase):
+    def open(self, sessions):
+        protocol = ConsoleFactory(sessions=sessions, ping_interval=0).buildProtocol(None)
+        transport = TCPStringTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 40000))
+        states = []
+        pause = transport.pauseProducing
+        transport.pauseProducing = lambda: states.append("paused") or pause()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(request())
+        return protocol, transport, states
+
+    def test_an_attach_that_waits_for_nothing_never_pauses_the_client(self):
+        """A session attached within the handshake's call: the client is never paused, and its input goes to the session."""
+        sessions = _Sessions()
+        protocol, transport, states = self.open(sessions)
+        self.assertEqual((states, transport.producerState, protocol._session), ([], "producing", "session"))
+        protocol.dataReceived(b"\x82\x81\x00\x00\x00\x00a")
+        self.assertEqual(sessions.input, [b"a"])
+
+    def test_an_attach_that_waits_pauses_the_client_meanwhile(self):
+        """A session whose attach waits (the database): the client is paused until its console resumes it."""
+        from twisted.internet.defer import Deferred
+
+        sessions = _Sessions(Deferred())
+        protocol, transport, states = self.open(sessions)
+        self.assertEqual((states, transport.producerState, protocol._session), (["paused"], "paused", None))
+        sessions.wait.callback(None)
+        self.assertEqual((transport.producerState, protocol._session), ("producing", "session"))
