@@ -30,6 +30,7 @@ from zope.interface import implementer
 from .bridge import IConsoleClient
 from .errors import CloseCode, SerialProxyError
 from .frames import BINARY, TEXT, ClientFrames, apply_mask, frame_header
+from .handshake import PlainUpgrade, read_plain_upgrade
 from .transports import close_now, send_now
 
 __all__ = ["ConsoleFactory", "ConsoleProtocol", "origin_allowed", "close_reason"]
@@ -57,61 +58,6 @@ def origin_allowed(origin: Optional[str], host: Optional[str], allowed: tuple) -
     if host and netloc == host.strip().lower():
         return True
     return origin in allowed or (netloc != "" and netloc in allowed)
-
-
-_KEY_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
-
-
-def _plain_upgrade(data: bytes) -> Optional[tuple]:
-    """A plain websocket upgrade request, read as autobahn reads it; None for anything else.
-
-    Plain: ``GET /`` or ``GET /?query`` over HTTP/1.1; every header once;
-    a Host, with a port that is a number if it has one; an Upgrade naming
-    websocket and a Connection naming upgrade; Sec-WebSocket-Version 13; a
-    Sec-WebSocket-Key of 16 bytes in base64; no subprotocol offered twice.
-    Returns ``(end of the head, request line, URI, headers, host, port or
-    None, key, subprotocols)``, with header names in lower case and values
-    stripped, as autobahn's parseHttpHeader gives them.
-    """
-    end = data.find(b"\r\n\r\n")
-    if end < 0:
-        return None
-    lines = data[:end].decode("iso-8859-1").splitlines()
-    status = lines[0].strip()
-    parts = status.split()
-    if len(parts) != 3 or parts[0] != "GET" or parts[2] != "HTTP/1.1" or "#" in parts[1]:
-        return None
-    uri = parts[1]
-    if uri != "/" and not uri.startswith("/?"):
-        return None
-    headers = {}
-    for line in lines[1:]:
-        colon = line.find(":")
-        if colon <= 0:
-            return None
-        name = line[:colon].strip().lower()
-        if name in headers:
-            return None
-        headers[name] = line[colon + 1:].strip()
-    host = headers.get("host")
-    key = headers.get("sec-websocket-key")
-    if (host is None or key is None or headers.get("sec-websocket-version") != "13"
-            or "websocket" not in [token.strip().lower() for token in headers.get("upgrade", "").split(",")]
-            or "upgrade" not in [token.strip().lower() for token in headers.get("connection", "").split(",")]
-            or len(key) != 24 or key[-2:] != "==" or not _KEY_ALPHABET.issuperset(key[:-2])):
-        return None
-    port = None
-    if ":" in host and not host.endswith("]"):
-        host, _, digits = host.rpartition(":")
-        try:
-            port = int(digits)
-        except ValueError:
-            return None
-    offered = headers.get("sec-websocket-protocol")
-    protocols = [protocol.strip() for protocol in offered.split(",")] if offered is not None else []
-    if len(set(protocols)) != len(protocols):
-        return None
-    return end + 4, status, uri, headers, host, port, key, protocols
 
 
 def close_reason(reason: str) -> str:
@@ -202,45 +148,56 @@ class ConsoleProtocol(WebSocketServerProtocol):
 
     def processHandshake(self):
         # A plain request (what browsers, the CLI and websocket libraries
-        # send) is read here in one pass, to the same request and state as
-        # autobahn's processHandshake would give it, and answered by
-        # autobahn's succeedHandshake; anything else (a header given twice,
-        # an absolute URI, another version, a refused Origin, junk) takes
-        # autobahn's own path, with its checks and error answers. Autobahn's
-        # reading takes more than it needs on every new session: urllib's
-        # URL parsing, a Deferred around onConnect, debug text built through
-        # inspect (docs/performance.md has what this saves).
-        upgrade = _plain_upgrade(self.data)
-        if upgrade is None or self.maxConnections or self.trustXForwardedFor:
+        # send) is read here in one pass (handshake.read_plain_upgrade), to
+        # the same request and state as autobahn's processHandshake would
+        # give it, and answered by autobahn's succeedHandshake; anything
+        # else (a header given twice, an absolute URI, another version, junk)
+        # takes autobahn's own path, with its checks and error answers.
+        # Autobahn's reading takes more than it needs on every new session:
+        # urllib's URL parsing, a Deferred around onConnect, debug text built
+        # through inspect (docs/performance.md has what this saves).
+        upgrade = read_plain_upgrade(self.data)
+        if upgrade is None or not self._plain_enough(upgrade):
             return super().processHandshake()
-        end, status, uri, headers, host, port, key, protocols = upgrade
-        # An Origin this proxy refuses, and those autobahn refuses (null,
-        # file:), take autobahn's path: it answers some with 400, and
-        # onConnect closes the rest with a reason. So does a Host whose port
-        # is not the one the factory was told it is reached on.
-        origin = headers.get("origin")
-        if origin is not None and (origin.lower() == "null" or origin[:5].lower() == "file:"
-                                   or not origin_allowed(origin, headers["host"], self.factory.allowed_origins)):
-            return super().processHandshake()
+        return self._read_plain(upgrade)
+
+    def _plain_enough(self, upgrade: PlainUpgrade) -> bool:
+        """Does autobahn's reading, with this protocol's options, take ``upgrade`` as it is?
+
+        Not with options this proxy does not set (a connection cap, trusted
+        X-Forwarded-For, other versions), nor a Host whose port is not the
+        one the factory was told it is reached on. An Origin this proxy
+        refuses, and those autobahn refuses (null, file:), take autobahn's
+        path too: it answers some with 400, and onConnect closes the rest
+        with a reason.
+        """
+        if self.maxConnections or self.trustXForwardedFor or 13 not in self.versions:
+            return False
         external = self.factory.externalPort
-        if (external and port is not None and port != external) or 13 not in self.versions:
-            return super().processHandshake()
-        self.http_request_data = self.data[:end]
-        self.data = self.data[end:]
-        self.http_status_line = status
-        self.http_headers = headers
-        self.http_request_uri = uri
+        if external and upgrade.port is not None and upgrade.port != external:
+            return False
+        origin = upgrade.headers.get("origin")
+        return origin is None or (origin.lower() != "null" and origin[:5].lower() != "file:"
+                                  and origin_allowed(origin, upgrade.headers["host"], self.factory.allowed_origins))
+
+    def _read_plain(self, upgrade: PlainUpgrade):
+        """autobahn's processHandshake for a plain request: its state, onConnect, then its succeedHandshake."""
+        self.http_request_data = self.data[:upgrade.end]
+        self.data = self.data[upgrade.end:]
+        self.http_status_line = upgrade.status
+        self.http_headers = headers = upgrade.headers
+        self.http_request_uri = upgrade.uri
         self.http_request_path = "/"
-        self.http_request_params = parse_qs(uri[2:])  # "/" or "/?query"
-        self.http_request_host = host
+        self.http_request_params = parse_qs(upgrade.uri[2:])  # "/" or "/?query"
+        self.http_request_host = upgrade.host
         self.websocket_version = 13
-        self.websocket_protocols = protocols
-        self.websocket_origin = origin or ""
+        self.websocket_protocols = upgrade.protocols
+        self.websocket_origin = headers.get("origin", "")
         offers = headers.get("sec-websocket-extensions")  # succeedHandshake reads them (and declines them all)
         self.websocket_extensions = self._parseExtensionsHeader(offers) if offers is not None else []
-        self._wskey = key
-        request = ConnectionRequest(self.peer, headers, host, "/", self.http_request_params, 13,
-                                    self.websocket_origin, protocols, self.websocket_extensions)
+        self._wskey = upgrade.key
+        request = ConnectionRequest(self.peer, headers, upgrade.host, "/", self.http_request_params, 13,
+                                    self.websocket_origin, upgrade.protocols, self.websocket_extensions)
         try:
             protocol = self.onConnect(request)
         except Exception as e:  # autobahn's answer to an onConnect that failed
