@@ -5,7 +5,9 @@ the same as a call to autobahn's handshake. This counts the instructions
 the daemon's process runs in user space (the interpreter, its C modules,
 sqlite, libc; not the kernel's system calls), which is what its user CPU
 time is made of, without the host's noise: two runs of the same code agree
-within about 1 %, where CPU times on this shared machine move by a fifth.
+within 1-2 % sixteen at a time and 5 % one after another (how sessions fall
+into reactor turns moves with timing), where CPU times on this shared
+machine move by a fifth.
 
 How: two daemons run under valgrind's callgrind (no cache or branch
 simulation), each with the same set-up (consoles registered, URLs minted,
