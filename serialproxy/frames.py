@@ -50,7 +50,7 @@ class ClientFrames:
     what follows it.
     """
 
-    __slots__ = ("_deliver", "_max", "_on_close", "_head", "_left", "_mask", "_closing")
+    __slots__ = ("_deliver", "_max", "_on_close", "_head", "_left", "_mask")
 
     def __init__(self, deliver: Callable[..., None], max_payload: int,
                  on_close: Optional[Callable[[Optional[int], Optional[bytes]], object]] = None):
@@ -60,7 +60,6 @@ class ClientFrames:
         self._head = b""  # the start of a frame header a read cut short
         self._left = 0  # payload bytes of the current frame still to come
         self._mask = b""  # its mask, turned to where the next byte falls
-        self._closing = None  # (code, reason) of a close frame this read carried
 
     @property
     def idle(self) -> bool:
@@ -78,10 +77,6 @@ class ClientFrames:
         rest = self._read(data, pieces)
         if pieces:
             self._deliver(*pieces)
-        closing = self._closing
-        if closing is not None:
-            self._closing = None
-            self._on_close(*closing)
         return rest
 
     def _read(self, data: bytes, pieces: list) -> bytes:
@@ -101,7 +96,7 @@ class ClientFrames:
                 return b""
             first, second = data[pos], data[pos + 1]
             if first == CLOSE and second & 0x80 and self._on_close is not None:
-                return self._read_close(data, view, pos)
+                return self._read_close(data, view, pos, pieces)
             if first != BINARY or not second & 0x80:  # not a final binary frame, or not masked
                 return data[pos:]
             length = second & 0x7F
@@ -118,12 +113,18 @@ class ClientFrames:
             pos += size + 4
         return b""
 
-    def _read_close(self, data: bytes, view: memoryview, pos: int) -> bytes:
-        """A close frame at ``pos``: kept for ``on_close`` if whole and plain; what follows, or it for autobahn."""
+    def _read_close(self, data: bytes, view: memoryview, pos: int, pieces: list) -> bytes:
+        """A close frame at ``pos``: if whole and plain, the payloads before it delivered, then ``on_close``.
+
+        Returns what follows it, or, for autobahn, the frame and what follows.
+        """
         length = data[pos + 1] & 0x7F
         after = pos + 6 + length
         if length == 1 or length > 125 or after > len(data):
             return data[pos:]
         payload = apply_mask(view[pos + 6:after], data[pos + 2:pos + 6])
-        self._closing = (struct.unpack("!H", payload[:2])[0] if length else None, payload[2:] if length > 2 else None)
+        if pieces:
+            self._deliver(*pieces)
+            pieces.clear()
+        self._on_close(struct.unpack("!H", payload[:2])[0] if length else None, payload[2:] if length > 2 else None)
         return data[after:]
