@@ -1,4 +1,11 @@
-"""The machine and software a run was on, and how busy the machine was with other work meanwhile."""
+"""The machine and software a run was on, and how busy the machine was with other work meanwhile.
+
+On a virtual machine the host may also withhold CPU that this machine's
+processes asked for, to run other guests: /proc/stat counts it as steal. It
+is no process's work here, so it is told apart from other work: a run with
+much of it measured everyone (the proxy, its baselines, the load client) on
+fewer than all the cores.
+"""
 
 import os
 import platform
@@ -52,10 +59,11 @@ def describe() -> dict:
 
 
 def _busy_ticks() -> tuple:
+    """(ticks the machine's processes ran, ticks the host withheld from them) since boot, from /proc/stat."""
     with open("/proc/stat") as f:
         fields = [int(x) for x in f.readline().split()[1:]]
-    idle = fields[3] + fields[4]
-    return sum(fields[:8]) - idle, sum(fields[:8])
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return user + nice + system + irq + softirq, steal
 
 
 def _ours() -> float:
@@ -64,19 +72,21 @@ def _ours() -> float:
 
 
 def snapshot() -> dict:
-    busy, total = _busy_ticks()
-    return {"busy": busy, "total": total, "ours": _ours(), "time": time.monotonic(), "loadavg": os.getloadavg()}
+    busy, steal = _busy_ticks()
+    return {"busy": busy, "steal": steal, "ours": _ours(), "time": time.monotonic(), "loadavg": os.getloadavg()}
 
 
 def load_during(before: dict) -> dict:
-    """How much CPU the whole machine used since ``before``, and how much of it was not this run's."""
+    """How much CPU the whole machine used since ``before``, how much of it was not this run's, and what the host withheld."""
     after = snapshot()
     ticks = os.sysconf("SC_CLK_TCK")
     busy = (after["busy"] - before["busy"]) / ticks
+    steal = (after["steal"] - before["steal"]) / ticks
     ours = after["ours"] - before["ours"]
     seconds = after["time"] - before["time"]
     return {"seconds": seconds, "machine_cpu_s": busy, "run_cpu_s": ours, "other_cpu_s": max(0.0, busy - ours),
             "other_cores": max(0.0, busy - ours) / seconds if seconds else 0.0,
+            "steal_cpu_s": steal, "steal_cores": steal / seconds if seconds else 0.0,
             "loadavg_before": before["loadavg"], "loadavg_after": after["loadavg"]}
 
 

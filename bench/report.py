@@ -92,6 +92,11 @@ def _machine(results: dict) -> str:
         note = (f"{'**the machine was busy with other work**' if busy >= 0.25 else 'the machine had a little other work'}: "
                 f"processes outside this run used {busy:.2f} cores on average"
                 + (f", at most {worst[1]['other_cores']:.2f} during the {worst[0]} phase" if worst else ""))
+    steal = load.get("steal_cores")
+    if steal is not None:
+        most = max(phases.items(), key=lambda item: item[1].get("steal_cores", 0.0), default=None)
+        note += ("; the host withheld " + (f"{steal:.2f} cores on average (steal)" if steal >= 0.005 else "nothing (no steal)")
+                 + (f", at most {most[1]['steal_cores']:.2f} during the {most[0]} phase" if most and most[1].get("steal_cores", 0.0) >= 0.005 else ""))
     started = datetime.datetime.fromtimestamp(run["started"], datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return "\n".join([
         f"- run: `{' '.join(['bench/run', *run['argv']])}` ({run['mode']}), {started}, {run['seconds']:.0f} s; raw data in `{run['workdir']}/results.json` (not committed)",
@@ -101,8 +106,9 @@ def _machine(results: dict) -> str:
         f"- versions: Python {m['python']}, Twisted {m['twisted']}, autobahn {m['autobahn']}, websockets {m['websockets']} (load client), "
         f"serialproxy {m['serialproxy_commit']} ({m['serialproxy_tree']} under serialproxy/), "
         f"websockify {_get(results, 'websockify', 'version') or NA}",
-        "- other work by phase (cores used by processes outside this run): "
-        + (", ".join(f"{name} {load['other_cores']:.2f}" for name, load in (results.get("load_by_phase") or {}).items()) or NA),
+        "- other work by phase (cores used by processes outside this run" + ("; in brackets, cores the host withheld" if steal is not None else "") + "): "
+        + (", ".join(f"{name} {load['other_cores']:.2f}" + (f" ({load['steal_cores']:.2f})" if "steal_cores" in load else "")
+                     for name, load in phases.items()) or NA),
         "- everyone shares the same 2 cores: the load client (one asyncio process), the fake VM (one asyncio process) and the proxy under test",
     ])
 

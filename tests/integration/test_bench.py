@@ -20,6 +20,8 @@ class BenchSmokeTests(SynchronousTestCase):
             text = f.read()
         self.assertIn("## Targets (issue 7)", text)
         self.assertNotIn("The run failed", text)
+        self.assertRegex(text, r"\n- load: .*; the host withheld (nothing|[\d.]+ cores)")  # steal, told apart from other work
+        self.assertRegex(text, r"\n- other work by phase .*new-sessions [\d.]+ \([\d.]+\)")
         self.assertIn("For scale, the floor", text)
         self.assertIn("With `console_linger = 5`", text)
         self.assertRegex(text, r"\| serialproxy \| [\d,]+ \| [\d,]+ \| [\d,]+ \| [\d,]+ \| [\d,]+ \|")  # phases, one after another
