@@ -130,7 +130,7 @@ async def _throughput(targets, sizes: Sizes, results: dict, profiler) -> None:
 
 
 async def _new_sessions(targets, sizes: Sizes, results: dict, profiler) -> None:
-    runs = {t.key: {"new_sequential": [], "new_parallel": []} for t in targets}
+    runs = {t.key: {"new_sequential": [], "new_parallel": [], "new_sequential_lean": []} for t in targets}
     for target in targets:
         results.setdefault(target.key, {})
     with profiler.phase("new-sessions"):
@@ -140,6 +140,8 @@ async def _new_sessions(targets, sizes: Sizes, results: dict, profiler) -> None:
                     await scenarios.new_sessions(target, sizes.pool, sizes.sequential, 1, sizes.new_seconds))
                 runs[target.key]["new_parallel"].append(
                     await scenarios.new_sessions(target, sizes.pool, sizes.parallel_count, sizes.parallel, sizes.new_seconds))
+                runs[target.key]["new_sequential_lean"].append(
+                    await scenarios.new_sessions_lean(target, sizes.pool, sizes.sequential, sizes.new_seconds))
     for key, kinds in runs.items():
         for kind, rs in kinds.items():
             results[key][kind] = {"per_second": _median([r["per_second"] for r in rs]), "runs": rs}

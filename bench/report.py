@@ -64,10 +64,12 @@ def targets(results: dict) -> list:
         label = "VM→client" if way == "vm_to_client" else "client→VM"
         rows.append((f"{label} throughput, × websockify's", f"{_num(mine, 1)} vs {_num(theirs, 1)} MiB/s = {_num(r, 2, '×')}",
                      f"≥ {goal:g}×", None if r is None else r >= goal))
-    for kind, goal in (("new_sequential", 8.0), ("new_parallel", 5.0)):
+    for kind, goal in (("new_sequential", 8.0), ("new_parallel", 5.0), ("new_sequential_lean", 8.0)):
         mine, theirs = _get(results, "serialproxy", kind, "per_second"), _get(results, "websockify", kind, "per_second")
+        if kind == "new_sequential_lean" and mine is None and theirs is None:
+            continue  # a run from before the lean client
         r = _ratio(mine, theirs)
-        label = "sequential" if kind == "new_sequential" else "16 in parallel"
+        label = _NEW_LABELS[kind]
         rows.append((f"new sessions/s {label}, × websockify's", f"{_num(mine)} vs {_num(theirs)} /s = {_num(r, 2, '×')}",
                      f"≥ {goal:g}×", None if r is None else r >= goal))
     growth = _get(results, "serialproxy", "stalled", "anon_growth_kib")
@@ -175,9 +177,14 @@ def _throughput(results: dict) -> str:
     return _table(["MiB/s, one session: median (each round)", *(n for _, n in _TARGETS)], rows)
 
 
+_NEW_LABELS = {"new_sequential": "sequential", "new_parallel": "16 in parallel",
+               "new_sequential_lean": "sequential, lean client (bench/leanclient.py)"}
+
+
 def _new_sessions(results: dict) -> str:
     rows = []
-    for kind, label in (("new_sequential", "one after another"), ("new_parallel", "16 in parallel")):
+    for kind, label in (("new_sequential", "one after another"), ("new_parallel", "16 in parallel"),
+                        ("new_sequential_lean", "one after another, lean client")):
         def cell(r, kind=kind):
             n = r.get(kind)
             if not n or not n.get("runs"):
@@ -192,48 +199,63 @@ def _new_sessions(results: dict) -> str:
             return text + (f"; errors {dict(errors)})" if errors else ")")
         rows.append([label, *_per_target(results, cell)])
     text = _table(["new sessions/s: median (each round)", *(n for _, n in _TARGETS)], rows)
-    floor = [_get(results, "floor", kind, "per_second") for kind in ("new_sequential", "new_parallel")]
-    linger = [_get(results, "linger", kind, "per_second") for kind in ("new_sequential", "new_parallel")]
-    websockify = [_get(results, "websockify", kind, "per_second") for kind in ("new_sequential", "new_parallel")]
-    if all(linger):
+    kinds = ("new_sequential", "new_parallel", "new_sequential_lean")
+    floor, linger, websockify = ([_get(results, key, kind, "per_second") for kind in kinds] for key in ("floor", "linger", "websockify"))
+    if linger[0] and linger[1]:
         text += (f"\n\nWith `console_linger = 5` (off by default; a reconnect within 5 s reuses the console's VM connection, "
-                 f"see docs/configuration.md) serialproxy did {_num(linger[0])} / {_num(linger[1])} new sessions/s "
-                 f"(one after another / 16 in parallel) in the same run"
-                 + (f", {_num(_ratio(linger[0], websockify[0]), 2, '×')} / {_num(_ratio(linger[1], websockify[1]), 2, '×')} "
-                    "websockify's" if all(websockify) else "") + ".")
-    if all(floor):
+                 f"see docs/configuration.md) serialproxy did {_each(linger)} new sessions/s "
+                 f"({_KINDS_SAID}) in the same run"
+                 + (f", {_each(_ratios(linger, websockify), 2, '×')} websockify's" if websockify[0] and websockify[1] else "") + ".")
+    if floor[0] and floor[1]:
         text += (f"\n\nFor scale, the floor (`bench/floor.py`: a websocket relay on Twisted's reactor with no token, "
-                 f"database, Origin check, autobahn, logging or flow control) did {_num(floor[0])} / {_num(floor[1])} new "
-                 f"sessions/s (one after another / 16 in parallel) in the same run"
-                 + (f", {_num(_ratio(floor[0], websockify[0]), 1, '×')} / {_num(_ratio(floor[1], websockify[1]), 1, '×')} "
-                    "websockify's" if all(websockify) else "")
-                 + ": the most any design on this reactor and this machine can reach with this load client.")
-    phases = _phases(results)
-    if phases:
-        text += "\n\n" + phases
+                 f"database, Origin check, autobahn, logging or flow control) did {_each(floor)} new "
+                 f"sessions/s ({_KINDS_SAID}) in the same run"
+                 + (f", {_each(_ratios(floor, websockify), 1, '×')} websockify's" if websockify[0] and websockify[1] else "")
+                 + ": the most any design on this reactor and this machine can reach with these load clients.")
+    lean_cpu = [x["client_cpu_us"] for x in _get(results, "serialproxy", "new_sequential_lean", "runs") or ()]
+    if lean_cpu:
+        text += ("\n\nThe lean client (`bench/leanclient.py`, a process of its own) opens sessions one after another over a "
+                 f"blocking socket, its frames built by hand: {statistics.median(lean_cpu):,.0f} µs of its own CPU a "
+                 "serialproxy session, against about 1,000 for the suite's asyncio client (measured 2026-11-26), so more of "
+                 "what it times is the proxy's own part, as a lean harness would see it.")
+    for kind, title in (("new_sequential", "the suite's client"), ("new_sequential_lean", "the lean client")):
+        phases = _phases(results, kind, title)
+        if phases:
+            text += "\n\n" + phases
     return text
+
+
+_KINDS_SAID = "one after another / 16 in parallel / one after another with the lean client"
+
+
+def _each(values: list, digits: int = 0, unit: str = "") -> str:
+    return " / ".join(_num(v, digits, unit) for v in values)
+
+
+def _ratios(mine: list, theirs: list) -> list:
+    return [_ratio(a, b) for a, b in zip(mine, theirs)]
 
 
 _PHASE_ROWS = (("serialproxy", "serialproxy"), ("linger", "serialproxy, console_linger = 5"),
                ("floor", "Twisted floor"), ("websockify", "websockify"), ("raw", "raw TCP"))
 
 
-def _phases(results: dict) -> str:
-    """One after another, each phase of a new session as the load client saw it (median of the rounds' medians)."""
+def _phases(results: dict, kind: str, title: str) -> str:
+    """One after another, each phase of a new session as a load client saw it (median of the rounds' medians)."""
     rows = []
     for key, name in _PHASE_ROWS:
-        runs = [r["phases_us"] for r in _get(results, key, "new_sequential", "runs") or () if r.get("phases_us")]
+        runs = [r["phases_us"] for r in _get(results, key, kind, "runs") or () if r.get("phases_us")]
         if not runs or any(v is None for r in runs for v in r.values()):
             continue
         medians = [statistics.median(r[p] for r in runs) for p in PHASES]
         rows.append([name, *(f"{m:,.0f}" for m in medians), f"{sum(medians):,.0f}"])
     if not rows:
         return ""
-    return ("Where a new session's time goes, one after another, as the load client sees it (µs, medians of the "
+    return (f"Where a new session's time goes, one after another, as {title} sees it (µs, medians of the "
             "rounds' medians). The proxies dial the VM after their 101, so the VM connection is in \"first byte back\" "
             "(except with `console_linger`, which reuses it); raw TCP has no upgrade (the column is the client's own "
             "turn) and its close is a plain TCP close:\n\n"
-            + _table(["one after another", "TCP connect", "upgrade (token check, lock, 101)", "first byte back",
+            + _table([f"one after another, {title}", "TCP connect", "upgrade (token check, lock, 101)", "first byte back",
                       "closing handshake", "total"], rows))
 
 

@@ -6,14 +6,17 @@ is closed (or aborted) before it returns, also when it fails.
 
 import asyncio
 import collections
+import json
+import os
 import statistics
+import sys
 import time
 from typing import Callable, List
 
 from procs import cpu_seconds, fd_count, memory_kib, pss_kib
 from sessions import Session, SessionError, open_session
 
-__all__ = ["open_many", "close_all", "echo_all", "latency_and_memory", "throughput", "new_sessions",
+__all__ = ["open_many", "close_all", "echo_all", "latency_and_memory", "throughput", "new_sessions", "new_sessions_lean",
            "stalled_reader", "spectators", "ladder", "percentile"]
 
 OPEN_TIMEOUT = 20.0   # seconds to connect, upgrade and see the first echo
@@ -262,6 +265,29 @@ async def new_sessions(target, pool: int, count: int, parallel: int, time_limit:
             "errors": dict(errors), "proxy_cpu_ms_per_session": 1000 * (cpu_seconds(master, reaped=True) - cpu) / max(1, done),
             "phases_us": {name: 1e6 * statistics.median(p[i] for p in phases) if phases else None
                           for i, name in enumerate(PHASES)}}
+
+
+async def new_sessions_lean(target, pool: int, count: int, time_limit: float) -> dict:
+    """New sessions one after another from bench/leanclient.py (blocking sockets, no event loop), in a process of its own."""
+    targets = list(dict.fromkeys(t if isinstance(t, str) else f"tcp://{t[0]}:{t[1]}" for t in target.targets("echo", pool)))
+    master = target.proxy_pids()[:1]
+    cpu = cpu_seconds(master, reaped=True)
+    client = await asyncio.create_subprocess_exec(
+        sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "leanclient.py"),
+        "--count", str(count), "--seconds", str(time_limit), *targets,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE)
+    try:
+        out, _ = await asyncio.wait_for(client.communicate(), time_limit + 60)
+    except BaseException:
+        client.kill()
+        await client.wait()
+        raise
+    if client.returncode != 0:
+        raise RuntimeError(f"bench/leanclient.py failed (exit {client.returncode})")
+    result = json.loads(out)
+    await _settle(0.5)  # let the last children be reaped
+    result["proxy_cpu_ms_per_session"] = 1000 * (cpu_seconds(master, reaped=True) - cpu) / max(1, result["sessions"])
+    return result
 
 
 async def _watch_memory(pids: Callable[[], list], seconds: float, interval: float = 0.5) -> List[tuple]:

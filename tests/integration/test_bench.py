@@ -25,6 +25,10 @@ class BenchSmokeTests(SynchronousTestCase):
         self.assertIn("For scale, the floor", text)
         self.assertIn("With `console_linger = 5`", text)
         self.assertRegex(text, r"\| serialproxy \| [\d,]+ \| [\d,]+ \| [\d,]+ \| [\d,]+ \| [\d,]+ \|")  # phases, one after another
+        # The lean client (bench/leanclient.py) ran against every target, and its sessions got through.
+        self.assertRegex(text, r"\| one after another, lean client \| [\d,]+ \([\d,]+; proxy CPU [\d.]+ ms each\) \| [\d,]+ \([\d,]+\) \| [\d,]+ \(")
+        self.assertIn("| one after another, the lean client |", text)
+        self.assertRegex(text, r"new sessions/s sequential, lean client \(bench/leanclient.py\), × websockify's \| [\d,]+ vs [\d,]+ /s")
 
     def test_callcount(self):
         """bench/callcount.py profiles two daemons and prints one new session's cost in function calls."""
