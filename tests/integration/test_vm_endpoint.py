@@ -7,7 +7,7 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.error import ConnectingCancelledError, ConnectionRefusedError, TimeoutError
 from twisted.internet.protocol import Factory, Protocol
 
-from serialproxy.transports import VMEndpoint, _VMClient
+from serialproxy.transports import VMEndpoint, _plain_tcp, _VMClient, _VMTransport
 
 from .helpers import IntegrationTestCase, closed_port, wait_until, within
 
@@ -27,6 +27,26 @@ class _Peer(Protocol):
 def connect_timeouts() -> list:
     """The reactor's pending connect timeouts (Twisted's connector times a connection out with failIfNotConnected)."""
     return [call for call in reactor.getDelayedCalls() if getattr(call.func, "__name__", "") == "failIfNotConnected"]
+
+
+class _CountingFactory(Factory):
+    """A factory that notes its starts and stops."""
+
+    protocol = _Peer
+
+    def __init__(self):
+        self.starts = self.stops = 0
+
+    def doStart(self):
+        self.starts += 1
+
+    def doStop(self):
+        self.stops += 1
+
+
+def open_fds() -> set:
+    import os
+    return set(os.listdir("/proc/self/fd"))
 
 
 class VMEndpointTests(IntegrationTestCase):
@@ -73,6 +93,51 @@ class VMEndpointTests(IntegrationTestCase):
         await wait_until(lambda: bytes(accepted[0].received) == b"to the VM", "the bytes to the VM")
         await wait_until(lambda: bytes(protocol.received) == b"from the VM", "the bytes from the VM")
 
+    async def test_a_connection_made_at_once_is_a_plain_tcp_transport(self):
+        """Made at once: the plain transport of a connected socket (send_now's), its peer the VM, its factory started then stopped."""
+        port, accepted = await self.listen()
+        factory = _CountingFactory()
+        protocol = await within(VMEndpoint(reactor, "127.0.0.1", port, 5).connect(factory), "connect")
+        transport = protocol.transport
+        self.assertIs(type(transport), _VMTransport)
+        self.assertTrue(_plain_tcp(transport), "send_now and close_now write and close it directly")
+        self.assertEqual((transport.getPeer().host, transport.getPeer().port), ("127.0.0.1", port))
+        self.assertEqual(transport.getHost().host, "127.0.0.1")
+        self.assertEqual(repr(transport), f"<_Peer to the VM at 127.0.0.1:{port}>")
+        self.assertEqual((factory.starts, factory.stops), (1, 0))
+        await wait_until(lambda: accepted, "the accept")
+        accepted[0].transport.loseConnection()  # the VM ends it
+        await wait_until(lambda: not transport.connected, "the connection to end")
+        self.assertEqual((factory.starts, factory.stops), (1, 1))
+
+    async def test_a_factory_that_raises_leaves_no_socket(self):
+        """A connection made at once whose factory raises is closed, and the factory stopped."""
+        port, accepted = await self.listen()
+
+        class Broken(_CountingFactory):
+            def buildProtocol(self, addr):
+                raise ValueError("no protocol for you")
+
+        factory = Broken()
+        before = open_fds()
+        d = VMEndpoint(reactor, "127.0.0.1", port, 5).connect(factory)
+        self.assertEqual(open_fds(), before, "its socket closed")
+        with self.assertRaises(ValueError):
+            await within(d, "the failure")
+        self.assertEqual((factory.starts, factory.stops), (1, 1))
+
+    async def test_a_connection_that_waits_keeps_its_first_socket(self):
+        """Still in progress: Twisted's client waits on the socket the attempt began on (the VM sees one attempt)."""
+        port = self.full_listener()
+        before = open_fds()
+        d = VMEndpoint(reactor, "127.0.0.1", port, 30).connect(Factory.forProtocol(_Peer))
+        await self.waiting()
+        self.assertEqual(len(open_fds() - before), 1, "one socket for the attempt")
+        d.cancel()
+        with self.assertRaises(ConnectingCancelledError):
+            await d
+        await wait_until(lambda: open_fds() == before, "the attempt's socket to be closed")
+
     async def test_ipv6_loopback(self):
         """An IPv6 literal connects over IPv6."""
         accepted = []
@@ -83,6 +148,7 @@ class VMEndpointTests(IntegrationTestCase):
                                 "connect")
         self.addCleanup(protocol.transport.abortConnection)
         self.assertEqual(protocol.transport.getPeer().host, "::1")
+        self.assertEqual(repr(protocol.transport), f"<_Peer to the VM at [::1]:{port.getHost().port}>")
 
     async def test_a_connection_still_in_progress_waits_as_twisted_does(self):
         """The SYN dropped (the listener's queue full): the connection waits, and is made once the queue has room."""
