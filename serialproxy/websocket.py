@@ -14,7 +14,7 @@ import binascii
 import inspect
 import random
 from typing import ClassVar, Optional
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from autobahn.twisted.util import create_transport_details
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -30,7 +30,7 @@ from zope.interface import implementer
 from .bridge import IConsoleClient
 from .errors import CloseCode, SerialProxyError
 from .frames import BINARY, TEXT, ClientFrames, apply_mask, frame_header
-from .handshake import PlainUpgrade, read_plain_upgrade
+from .handshake import PlainUpgrade, query_params, read_plain_upgrade
 from .transports import close_now, send_now
 
 __all__ = ["ConsoleFactory", "ConsoleProtocol", "origin_allowed", "close_reason"]
@@ -188,7 +188,7 @@ class ConsoleProtocol(WebSocketServerProtocol):
         self.http_headers = headers = upgrade.headers
         self.http_request_uri = upgrade.uri
         self.http_request_path = "/"
-        self.http_request_params = parse_qs(upgrade.uri[2:])  # "/" or "/?query"
+        self.http_request_params = query_params(upgrade.uri)
         self.http_request_host = upgrade.host
         self.websocket_version = 13
         self.websocket_protocols = upgrade.protocols

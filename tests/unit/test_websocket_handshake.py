@@ -2,6 +2,7 @@
 
 import base64
 import hashlib
+from urllib.parse import parse_qs
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket import protocol as autobahn_protocol
@@ -9,6 +10,7 @@ from hypothesis import event, given, settings, strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.trial.unittest import SynchronousTestCase
 
+from serialproxy.handshake import query_params
 from serialproxy.testing import TCPStringTransport
 from serialproxy.websocket import ConsoleFactory, ConsoleProtocol
 
@@ -64,7 +66,8 @@ def handshake(head: bytes, autobahns: bool = False) -> tuple:
 # ConsoleProtocol itself) and odd ones (each of which leaves it to autobahn).
 _PLAIN = {
     "line": [None],
-    "uri": ["/", "/?", "/?token=t0k", "/?token=a%20b&mode=read", "/?token=x&token=y&mode=write"],
+    "uri": ["/", "/?", "/?token=t0k", "/?token=a%20b&mode=read", "/?token=x&token=y&mode=write",
+            "/?token=&mode&=x&&mode=read=write", "/?token=a+b"],
     "host": ["127.0.0.1:6083", "127.0.0.1", "[::1]:6083", "[::1]", "console.example:443", "h:+80", ""],
     "upgrade": ["websocket", "WebSocket", "h2c, websocket"],
     "connection": ["Upgrade", "keep-alive, Upgrade", "upgrade"],
@@ -91,6 +94,15 @@ _ODD = {
 _HEADERS = {"host": "Host", "upgrade": "Upgrade", "connection": "Connection", "key": "Sec-WebSocket-Key",
             "version": "Sec-WebSocket-Version", "protocols": "Sec-WebSocket-Protocol", "origin": "Origin",
             "extensions": "Sec-WebSocket-Extensions"}
+
+
+class QueryParamsTests(SynchronousTestCase):
+    @settings(max_examples=1000, deadline=None)
+    @given(query=st.text(alphabet="ab=&%+;2Fé ", max_size=24))
+    def test_the_same_as_parse_qs(self, query):
+        """Any query, escaped or not: what parse_qs (autobahn's reading) makes of it."""
+        self.assertEqual(query_params("/?" + query), parse_qs(query))
+        self.assertEqual(query_params("/"), {})
 
 
 class PlainUpgradeTests(SynchronousTestCase):
