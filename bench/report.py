@@ -111,7 +111,8 @@ def _machine(results: dict) -> str:
         "- other work by phase (cores used by processes outside this run" + ("; in brackets, cores the host withheld" if steal is not None else "") + "): "
         + (", ".join(f"{name} {load['other_cores']:.2f}" + (f" ({load['steal_cores']:.2f})" if "steal_cores" in load else "")
                      for name, load in phases.items()) or NA),
-        "- everyone shares the same 2 cores: the load client (one asyncio process), the fake VM (one asyncio process) and the proxy under test",
+        "- everyone shares the same 2 cores: the load client (one asyncio process; for the lean client's rows, `bench/leanclient.py` in a "
+        "process of its own), the fake VM (one asyncio process) and the proxy under test",
     ])
 
 
@@ -345,7 +346,9 @@ METHOD = """\
 - **Load client**: one asyncio process (the harness itself); each session is a plain `asyncio.Protocol`
   driving websockets' sans-I/O client (no task per connection); raw TCP sessions go straight to the fake
   VM's ports; websockify gets the same websocket client, no subprotocol. Each opened session is proven by
-  one echoed byte.
+  one echoed byte. **Lean client** (`bench/leanclient.py`, for "one after another, lean client"): a process
+  of its own, a blocking socket per session, the upgrade request and the masked frames built by hand, no
+  event loop; the same session, timed the same way.
 - **Sessions ladder**: sessions are added up to each step (32 opening at once); at every step every open
   session must echo a byte; the climb stops at the first step where one does not.
 - **Memory**: PSS from `/proc/PID/smaps_rollup` (websockify: summed over the listener and its per-connection
