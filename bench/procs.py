@@ -13,7 +13,8 @@ import subprocess
 import time
 from typing import Dict, List, Tuple
 
-__all__ = ["Processes", "pss_kib", "memory_kib", "tree", "file_limit", "fd_count", "raise_own_file_limit", "cpu_seconds"]
+__all__ = ["Processes", "pss_kib", "memory_kib", "tree", "file_limit", "fd_count", "raise_own_file_limit", "cpu_seconds",
+           "die_with_parent"]
 
 STOP_WAIT = 10.0  # seconds a process gets to exit after SIGTERM
 _PR_SET_PDEATHSIG = 1
@@ -28,7 +29,7 @@ class Processes:
     def start(self, argv, preexec_fn=None, **kwargs) -> subprocess.Popen:
         """Start a process that also gets SIGTERM should this one die without stopping it."""
         def prepare():
-            _die_with_parent()
+            die_with_parent()
             if preexec_fn is not None:
                 preexec_fn()
 
@@ -65,7 +66,7 @@ class Processes:
                 print(f"bench: could not stop process {process.pid}: {e}", flush=True)
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Linux: SIGTERM this (child) process when its parent dies, even by SIGKILL."""
     try:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)

@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Callable, List
 
-from procs import cpu_seconds, fd_count, memory_kib, pss_kib
+from procs import cpu_seconds, die_with_parent, fd_count, memory_kib, pss_kib
 from sessions import Session, SessionError, open_session
 
 __all__ = ["open_many", "close_all", "echo_all", "latency_and_memory", "throughput", "new_sessions", "new_sessions_lean",
@@ -275,7 +275,7 @@ async def new_sessions_lean(target, pool: int, count: int, time_limit: float) ->
     client = await asyncio.create_subprocess_exec(
         sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "leanclient.py"),
         "--count", str(count), "--seconds", str(time_limit), *targets,
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE)
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, preexec_fn=die_with_parent)
     try:
         out, _ = await asyncio.wait_for(client.communicate(), time_limit + 60)
     except BaseException:
