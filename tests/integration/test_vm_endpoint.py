@@ -4,7 +4,7 @@ import socket
 
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.error import ConnectingCancelledError, ConnectionRefusedError, TimeoutError
+from twisted.internet.error import ConnectBindError, ConnectingCancelledError, ConnectionRefusedError, TimeoutError
 from twisted.internet.protocol import Factory, Protocol
 
 from serialproxy.transports import VMEndpoint, _plain_tcp, _VMClient, _VMTransport
@@ -137,6 +137,19 @@ class VMEndpointTests(IntegrationTestCase):
         with self.assertRaises(ConnectingCancelledError):
             await d
         await wait_until(lambda: open_fds() == before, "the attempt's socket to be closed")
+
+    async def test_no_file_left_for_the_socket(self):
+        """No file descriptor for the socket (EMFILE): ConnectBindError with its errno, as Twisted's client reports it."""
+        import errno
+
+        def out_of_files(*args, **kwargs):
+            raise OSError(errno.EMFILE, "Too many open files")
+
+        self.patch(socket, "socket", out_of_files)
+        d = VMEndpoint(reactor, "127.0.0.1", 9, 5).connect(Factory.forProtocol(_Peer))
+        with self.assertRaises(ConnectBindError) as caught:
+            await within(d, "the failure")
+        self.assertEqual(caught.exception.osError, errno.EMFILE)
 
     async def test_ipv6_loopback(self):
         """An IPv6 literal connects over IPv6."""
