@@ -23,7 +23,6 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import ClientFactory, connectionDone
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 __all__ = ["CLIENT_READ_SIZE", "ClientTransport", "VMEndpoint", "close_now", "held_bytes", "send_now"]
@@ -85,13 +84,11 @@ class _VMTransport(tcp.Server):
 class _VMClient(tcp.Client):
     """Twisted's TCP client transport, for a VM connection still in progress after ``VMEndpoint`` asked twice.
 
-    It takes the socket ``VMEndpoint`` began the connection on (so the VM sees
-    one attempt), and makes its first check within ``_VMConnector.connect``,
-    not a reactor turn later from a timed call; from there it is Twisted's
-    way: it watches the socket, and its connector times the wait out.
+    It takes the socket ``VMEndpoint`` began the connection on, so the VM
+    sees one attempt; from there it is Twisted's way: it watches the socket,
+    and its connector times the wait out. Only a VM farther away than this
+    host gets here, so its reactor turns cost nothing that counts.
     """
-
-    _begin = None  # the first check (Twisted's resolveAddress), left to _VMConnector.connect
 
     def __init__(self, skt, *args):
         self._socket = skt
@@ -100,23 +97,6 @@ class _VMClient(tcp.Client):
     def createInternetSocket(self):
         return self._socket
 
-    def _finishInit(self, whenDone, skt, err, reactor):
-        if whenDone is None:
-            return super()._finishInit(whenDone, skt, err, reactor)  # no socket: Twisted fails it a turn later
-        self._commonConnection.__init__(self, skt, None, reactor)
-        self._begin = whenDone
-        return None
-
-    def begin(self):
-        """Make the first check now: for an IP literal, no name to resolve; ask the socket."""
-        if self._requiresResolution:
-            self._begin()  # Twisted's: resolve, then connect (VMEndpoint is only given IP literals)
-            return
-        try:
-            self._setRealAddress(self.addr)
-        except BaseException:
-            self.failIfNotConnected(Failure())
-
     def _connectDone(self):
         super()._connectDone()
         if self.connected:
@@ -124,27 +104,14 @@ class _VMClient(tcp.Client):
 
 
 class _VMConnector(tcp.Connector):
+    """Twisted's connector, its client transport on the socket ``VMEndpoint`` began the connection on."""
+
     def __init__(self, skt, *args):
         self._socket = skt
         super().__init__(*args)
 
     def _makeTransport(self):
         return _VMClient(self._socket, self.host, self.port, self.bindAddress, self, self.reactor)
-
-    def connect(self):
-        """Twisted's ``BaseConnector.connect``, but the first check is made here, and the timeout set only if it waits."""
-        if self.state != "disconnected":
-            raise RuntimeError("can't connect in this state")
-        self.state = "connecting"
-        if not self.factoryStarted:
-            self.factory.doStart()
-            self.factoryStarted = 1
-        self.transport = transport = self._makeTransport()
-        self.factory.startedConnecting(self)
-        if transport._begin is not None:
-            transport.begin()
-        if self.state == "connecting" and self.timeout is not None:
-            self.timeoutID = self.reactor.callLater(self.timeout, transport.failIfNotConnected, error.TimeoutError())
 
 
 class _Dial(ClientFactory):
