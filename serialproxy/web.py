@@ -83,6 +83,14 @@ class BoundedRequest(server.Request):
     _body_bytes = 0
     _refused = False
 
+    def setHeader(self, name, value):
+        # Twisted's process() names itself and its version in a Server header
+        # on every answer (TwistedWeb/x.y): nothing a client needs, and a
+        # version to look up for known holes. Left out, as from the 101.
+        if name.lower() == b"server" and value == server.version:
+            return
+        super().setHeader(name, value)
+
     def gotLength(self, length):
         super().gotLength(0)  # in memory: at most MAX_BODY bytes ever go there
         if length is not None and length > MAX_BODY:

@@ -397,7 +397,9 @@ class ConsoleFactory(WebSocketServerFactory):
 
     def __init__(self, sessions, allowed_origins=(), ping_interval: float = 20, ping_timeout: float = 10,
                  url: Optional[str] = None):
-        super().__init__(url)
+        # server=None: no Server header in the 101 (autobahn's default names
+        # itself and its version, which helps only an attacker).
+        super().__init__(url, server=None)
         self.sessions = sessions
         self.allowed_origins = tuple(allowed_origins)
         self.setProtocolOptions(

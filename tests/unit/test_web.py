@@ -159,6 +159,13 @@ class WebTests(SynchronousTestCase):
         api = self.request(b"GET /v3/servers HTTP/1.1\r\nHost: h\r\n\r\n").lower()
         self.assertNotIn(b"content-security-policy", api)
 
+    def test_no_server_header(self):
+        """Answers do not name the server software or its version (Twisted's Server: TwistedWeb/x.y)."""
+        answer = self.request(b"GET /v3/servers HTTP/1.1\r\nHost: h\r\n\r\n")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer)
+        self.assertIn(b"\r\ndate: ", answer.lower())  # Twisted's other default header is still there
+        self.assertNotIn(b"\r\nserver:", answer.lower())
+
     def test_body_too_large(self):
         """A declared body over the limit gets 413 and a closed connection, before it is sent."""
         answer = self.request(b"POST /v3/servers HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n" % (MAX_BODY + 1))

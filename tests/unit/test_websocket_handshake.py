@@ -145,6 +145,7 @@ class PlainUpgradeTests(SynchronousTestCase):
             hashlib.sha1(KEY.encode() + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()) + b"\r\n", written)
         self.assertIn(b"Sec-WebSocket-Protocol: base64\r\n", written)
         self.assertNotIn(b"Sec-WebSocket-Extensions", written)  # no offer is taken
+        self.assertNotIn(b"\r\nserver:", written.lower())  # no software name or version (autobahn's default)
         self.assertEqual(requests[0][4], {"token": ["t0k"], "mode": ["read"]})
         self.assertEqual((state, rest, opened, origin_ok), (WebSocketServerProtocol.STATE_OPEN, b"\x88\x80", [True], True))
 
