@@ -205,7 +205,28 @@ class _VMProtocol(Protocol):
         self._console.from_vm(data)
 
     def connectionLost(self, reason) -> None:
-        self._console.vm_lost(reason)
+        console, self._console = self._console, None  # the console holds this protocol: no cycle left behind
+        console.vm_lost(reason)
+
+
+class _VMFactory(Factory):
+    """Builds the one protocol of a console's VM connection, and lets go of the console then.
+
+    A factory that kept the console would make a cycle (console, protocol,
+    factory, console) that only the garbage collector frees; with the
+    protocol's own let-go (``_VMProtocol.connectionLost``), reference
+    counting frees a VM connection's objects when it closes.
+    """
+
+    noisy = False
+
+    def __init__(self, console: "Console"):
+        self._console = console
+
+    def buildProtocol(self, addr) -> _VMProtocol:
+        protocol, self._console = _VMProtocol(self._console), None
+        protocol.factory = self
+        return protocol
 
 
 @define(eq=False)
@@ -223,9 +244,7 @@ class Console:
     async def connect(self, endpoint, where: str) -> None:
         """Connect to the VM's serial port (once, for every attachment)."""
         try:
-            factory = Factory.forProtocol(lambda: _VMProtocol(self))
-            factory.noisy = False
-            self._vm = await endpoint.connect(factory)
+            self._vm = await endpoint.connect(_VMFactory(self))
         except (ConnectError, DNSLookupError, TimeoutError, OSError) as e:
             if _errno(e) in (errno.EMFILE, errno.ENFILE):
                 raise NodeFull("the console proxy is at its open-file limit and takes no more sessions now; "

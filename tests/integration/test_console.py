@@ -6,11 +6,13 @@ the API and an autobahn client opens the console.
 """
 
 import base64
+import gc
 import hashlib
 import os
 import random
 import sqlite3
 import uuid
+import weakref
 
 from twisted.internet import reactor
 
@@ -354,6 +356,28 @@ class LifecycleTests(IntegrationTestCase):
         self.assertIn("internal error", reason)
         self.assertEqual(len(self.flushLoggedErrors(sqlite3.OperationalError)), 1)
 
+
+    async def test_an_ended_session_is_freed_without_the_garbage_collector(self):
+        """A closed session's protocol, transports, console and VM connection are freed by reference counting
+        alone: no reference cycle is left for the garbage collector (disabled here) to find."""
+        node = await start_node(self)
+        vm = await start_vm(self, EchoVM)
+        _server, url = await node.console_for(vm)
+        gc.collect()
+        gc.disable()
+        self.addCleanup(gc.enable)
+        client = await open_console(self, url)
+        await client.echo(b"freed")
+        session = node.sessions()[0]
+        parts = {"protocol": session.client, "client transport": session.client.transport, "console": session.console,
+                 "VM protocol": session.console._vm, "VM transport": session.console._vm.transport}
+        alive = {name: weakref.ref(part) for name, part in parts.items()}
+        del session, parts
+        await client.close()
+        await wait_until(lambda: not node.sessions(), "the session to go")
+        await wait_until(lambda: all(c.lost for c in vm.connections), "the VM side to close")
+        await node.top.sessions.rows.flush()  # the session's open and close, written behind, hold it till then
+        self.assertEqual([name for name, ref in alive.items() if ref() is not None], [])
 
     async def test_first_start_makes_the_state_directory(self):
         """A node starts on a state directory that does not exist yet (a fresh install), and makes it."""
