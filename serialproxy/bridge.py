@@ -19,7 +19,6 @@ from collections import deque
 from typing import Callable, ClassVar, Optional
 
 from attrs import define, field
-from twisted.internet import endpoints
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.error import ConnectError, DNSLookupError, TimeoutError
 from twisted.internet.interfaces import IPushProducer
@@ -28,6 +27,7 @@ from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
 from .errors import CloseCode, SerialProxyError
+from .names import NameCache, NamedVMEndpoint
 from .transports import VMEndpoint, close_now, held_bytes, send_now
 
 __all__ = ["Attachment", "Console", "IConsoleClient", "NodeFull", "Scrollback", "VMUnreachable", "vm_endpoint"]
@@ -68,19 +68,21 @@ class IConsoleClient(Interface):
         """Close the client with a close code and a reason a person can read."""
 
 
-def vm_endpoint(reactor, host: str, port: int, timeout: float):
-    """A client endpoint for a VM serial port; IP literals skip name resolution.
+def vm_endpoint(reactor, host: str, port: int, timeout: float, names: NameCache):
+    """A client endpoint for a VM serial port; IP literals skip name resolution, names are kept a while.
 
     Literals are told apart with ``inet_pton`` (Twisted's ``isIPAddress``),
     which the TCP transport runs on them again anyway; ``ipaddress`` objects
     cost a new session a hundredth of its CPU. A literal's endpoint is
     ``VMEndpoint``: Twisted's TCP endpoint, but a connection the kernel has
-    already made (a VM on this host) needs no reactor turn.
+    already made (a VM on this host) needs no reactor turn. A host name's is
+    ``NamedVMEndpoint``: its addresses from ``names`` (asked of the resolver
+    once per ``NAME_TTL``), each dialled by ``VMEndpoint``.
     """
     literal = host.strip("[]")
     if isIPAddress(literal) or isIPv6Address(literal):
         return VMEndpoint(reactor, literal, port, timeout)
-    return endpoints.HostnameEndpoint(reactor, host, port, timeout=timeout)
+    return NamedVMEndpoint(names, reactor, host, port, timeout)
 
 
 class Scrollback:

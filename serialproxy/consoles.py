@@ -21,6 +21,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from .bridge import Console, Scrollback, vm_endpoint
+from .names import NameCache
 from .interfaces import ConsoleToken
 
 __all__ = ["Consoles", "RESERVED_FILES", "name_of"]
@@ -48,8 +49,11 @@ class Consoles:
     _consoles: Dict[tuple, Console] = field(factory=dict)
     _connecting: Dict[tuple, list] = field(factory=dict)
     _lingering: "OrderedDict[tuple, IDelayedCall]" = field(factory=OrderedDict)  # console key -> its closing; oldest first
+    names: NameCache = field(default=None)  # the addresses of VM host names (made with the reactor if not given)
 
     def __attrs_post_init__(self):
+        if self.names is None:
+            self.names = NameCache(self._reactor)
         if self.file_budget is None:
             self.file_budget = max(0, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - RESERVED_FILES)
 
@@ -70,7 +74,7 @@ class Consoles:
         self._consoles[key] = console
         self._connecting[key] = []
         try:
-            endpoint = vm_endpoint(self._reactor, token.host, token.port, self.connect_timeout)
+            endpoint = vm_endpoint(self._reactor, token.host, token.port, self.connect_timeout, self.names)
             await console.connect(endpoint, f"{token.host}:{token.port}")
         except BaseException as e:
             if self._consoles.get(key) is console:

@@ -56,6 +56,22 @@ class EchoTests(IntegrationTestCase):
         self.assertEqual(client.texts, [])
         self.assertIsNone(client.code)
 
+    async def test_a_vm_at_a_host_name(self):
+        """A serial port registered by host name (localhost) is dialled at the address it resolves to."""
+        node = await start_node(self)
+        vm = await start_vm(self, EchoVM)
+        admin = await node.make_key("ops", admin=True)
+        member = await node.make_key("tenant-a")
+        body = {"server": {"name": "by-name", "tenant_id": "tenant-a", "serial_ports": [{"host": "localhost", "port": vm.port}]}}
+        status, answer = await node.call("POST", "/v3/servers", admin, body)
+        self.assertEqual(status, 201, answer)
+        url = await node.console_url(member, answer["server"]["id"])
+        for _ in range(2):
+            client = await open_console(self, url)
+            await client.echo(b"by name\r\n")
+            await client.close()
+        self.assertEqual(len(vm.connections), 2)
+
     async def test_base64_subprotocol(self):
         """A base64 client gets the VM's bytes as base64 text frames; its base64 text frames reach the VM decoded."""
         node = await start_node(self)

@@ -1,13 +1,15 @@
-"""transports.VMEndpoint on real loopback sockets: made at once, or Twisted's wait; failures, timeout, cancel."""
+"""transports.VMEndpoint and names.NamedVMEndpoint on real loopback sockets: made at once, or Twisted's wait; failures, timeout, cancel."""
 
 import os
 import socket
 
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.error import ConnectBindError, ConnectingCancelledError, ConnectionRefusedError, TimeoutError
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectBindError, ConnectingCancelledError, ConnectionRefusedError, DNSLookupError, TimeoutError
 from twisted.internet.protocol import Factory, Protocol
 
+from serialproxy.names import NameCache, NamedVMEndpoint
 from serialproxy.transports import VMEndpoint, _plain_tcp, _VMClient, _VMTransport
 
 from .helpers import IntegrationTestCase, closed_port, wait_until, within
@@ -62,7 +64,9 @@ def open_sockets() -> set:
     return sockets
 
 
-class VMEndpointTests(IntegrationTestCase):
+class _LoopbackTestCase(IntegrationTestCase):
+    """Listeners on loopback for endpoints to dial."""
+
     async def listen(self):
         accepted = []
         port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
@@ -80,6 +84,9 @@ class VMEndpointTests(IntegrationTestCase):
         self.addCleanup(filler.close)
         self.listener = listener
         return listener.getsockname()[1]
+
+
+class VMEndpointTests(_LoopbackTestCase):
 
     async def waiting(self):
         """Until a VM connection is in progress, its socket watched for writing (Twisted's wait)."""
@@ -223,3 +230,84 @@ class VMEndpointTests(IntegrationTestCase):
 
         with self.assertRaises(ValueError):
             await within(VMEndpoint(reactor, "127.0.0.1", port, 5).connect(Broken()), "the failure")
+
+
+class _CountingResolver:
+    """The reactor's own resolver (getaddrinfo in a thread), counted; or fixed ``answers`` (addresses as text)."""
+
+    def __init__(self, answers=None):
+        self.asked = []
+        self._answers = answers
+
+    def resolveHostName(self, receiver, hostName, portNumber=0, addressTypes=None, transportSemantics="TCP"):
+        self.asked.append(hostName)
+        if self._answers is None:
+            return reactor.nameResolver.resolveHostName(receiver, hostName, portNumber, addressTypes, transportSemantics)
+        receiver.resolutionBegan(None)
+        for host in self._answers:
+            receiver.addressResolved(IPv4Address("TCP", host, portNumber))
+        receiver.resolutionComplete()
+        return None
+
+
+class NamedVMEndpointTests(_LoopbackTestCase):
+    """names.NamedVMEndpoint: a VM at a host name, its addresses kept (NameCache) and dialled in turn."""
+
+    async def test_a_name_is_resolved_once_and_dialled_at_once(self):
+        """localhost, through the reactor's resolver: asked once for two connections, each made within connect."""
+        port, accepted = await self.listen()
+        resolver = _CountingResolver()
+        names = NameCache(reactor, resolver=resolver)
+        for n in (1, 2):
+            d = NamedVMEndpoint(names, reactor, "localhost", port, 5).connect(Factory.forProtocol(_Peer))
+            protocol = await within(d, "connect")
+            self.addCleanup(protocol.transport.abortConnection)
+            self.assertIs(type(protocol.transport), _VMTransport)
+            self.assertEqual(protocol.transport.getPeer().host, "127.0.0.1")
+            await wait_until(lambda: len(accepted) == n, "the accept")
+        self.assertEqual(resolver.asked, ["localhost"])
+        d = NamedVMEndpoint(names, reactor, "localhost", port, 5).connect(Factory.forProtocol(_Peer))
+        self.assertTrue(d.called, "a name known already: made within connect, with no reactor turn")
+        self.addCleanup((await d).transport.abortConnection)
+
+    async def test_the_next_address_after_a_refusal(self):
+        """An address that refuses is followed by the next at once."""
+        port, accepted = await self.listen()  # 127.0.0.1 only: 127.0.0.2 refuses
+        names = NameCache(reactor, resolver=_CountingResolver(["127.0.0.2", "127.0.0.1"]))
+        protocol = await within(NamedVMEndpoint(names, reactor, "hv.example", port, 5).connect(Factory.forProtocol(_Peer)),
+                                "connect")
+        self.addCleanup(protocol.transport.abortConnection)
+        self.assertEqual(protocol.transport.getPeer().host, "127.0.0.1")
+
+    async def test_none_answers(self):
+        """No address answers: the last error, and the name is asked again next time (it may have moved)."""
+        port = await closed_port(self)
+        resolver = _CountingResolver(["127.0.0.2", "127.0.0.1"])
+        names = NameCache(reactor, resolver=resolver)
+        for _ in range(2):
+            with self.assertRaises(ConnectionRefusedError):
+                await within(NamedVMEndpoint(names, reactor, "hv.example", port, 5).connect(Factory.forProtocol(_Peer)),
+                             "refusal")
+        self.assertEqual(resolver.asked, ["hv.example"] * 2)
+
+    async def test_the_timeout_is_shared(self):
+        """An address that does not answer has its share of the timeout, and the next one its chance."""
+        port = self.full_listener()  # 127.0.0.1: its SYNs are dropped
+        second = socket.socket()
+        self.addCleanup(second.close)
+        second.bind(("127.0.0.2", port))
+        second.listen(8)
+        names = NameCache(reactor, resolver=_CountingResolver(["127.0.0.1", "127.0.0.2"]))
+        started = reactor.seconds()
+        protocol = await within(NamedVMEndpoint(names, reactor, "hv.example", port, 1).connect(Factory.forProtocol(_Peer)),
+                                "connect")
+        self.addCleanup(protocol.transport.abortConnection)
+        self.assertEqual(protocol.transport.getPeer().host, "127.0.0.2")
+        self.assertLess(reactor.seconds() - started, 1)
+
+    async def test_no_address(self):
+        """A name without addresses fails with DNSLookupError, which the console reports as an unreachable VM."""
+        names = NameCache(reactor, resolver=_CountingResolver([]))
+        with self.assertRaises(DNSLookupError):
+            await within(NamedVMEndpoint(names, reactor, "nowhere.invalid", 4555, 5).connect(Factory.forProtocol(_Peer)),
+                         "the failure")

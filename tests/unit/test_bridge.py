@@ -1,11 +1,11 @@
 """bridge.vm_endpoint: which endpoint dials a VM serial port's address."""
 
-from twisted.internet import endpoints
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from serialproxy.bridge import vm_endpoint
+from serialproxy.names import NameCache, NamedVMEndpoint
 from serialproxy.transports import VMEndpoint
 
 
@@ -18,7 +18,7 @@ class VMEndpointTests(SynchronousTestCase):
         shows in the reactor's ``tcpClients``.
         """
         reactor = MemoryReactorClock()
-        endpoint = vm_endpoint(reactor, host, 4555, 7.0)
+        endpoint = vm_endpoint(reactor, host, 4555, 7.0, NameCache(reactor))
         endpoint.connect(Factory.forProtocol(Protocol))
         connected = [(h, port, timeout) for h, port, _, timeout, _ in reactor.tcpClients]
         return endpoint, connected
@@ -37,7 +37,9 @@ class VMEndpointTests(SynchronousTestCase):
             self.assertEqual(connected, [(expected, 4555, 7.0)], host)
 
     def test_host_name(self):
-        """Anything else is a host name, resolved when dialled; a dotted name that is not an address too."""
+        """Anything else is a host name, its addresses from the node's NameCache; a dotted name that is not an address too."""
+        reactor = MemoryReactorClock()
+        names = NameCache(reactor)
         for host in ("hypervisor-3.example", "1.2.3", "1.2.3.400"):
-            endpoint = vm_endpoint(MemoryReactorClock(), host, 4555, 7.0)
-            self.assertIsInstance(endpoint, endpoints.HostnameEndpoint, host)
+            endpoint = vm_endpoint(reactor, host, 4555, 7.0, names)
+            self.assertEqual(endpoint, NamedVMEndpoint(names, reactor, host, 4555, 7.0), host)
