@@ -1,10 +1,10 @@
 """The websocket frames this proxy reads and writes itself, on the byte path (see docs/performance.md).
 
 Console output goes out as final, unmasked frames whose header is built
-here (``frame_header``); a console client's plain binary frames, and its
-close frame, are read by ``ClientFrames``. Everything else (the handshake,
-other control frames, text, fragments) is autobahn's, in
-:mod:`serialproxy.websocket`.
+here (``frame_header``); a console client's plain binary frames (and text
+ones outside the base64 subprotocol), and its close frame, are read by
+``ClientFrames``. Everything else (the handshake, other control frames,
+fragments, base64 text) is autobahn's, in :mod:`serialproxy.websocket`.
 """
 
 import struct
@@ -31,16 +31,20 @@ def frame_header(first: int, length: int) -> bytes:
 
 
 class ClientFrames:
-    """Reads the plain binary frames a console client sends, faster than autobahn (see docs/performance.md).
+    """Reads the plain binary (and text) frames a console client sends, faster than autobahn (see docs/performance.md).
 
     A final, masked, binary frame without extension bits and with a payload of
     at most ``max_payload`` bytes is unmasked (websockets' C ``apply_mask``)
     and its payload handed on as reads bring it: ``deliver(*pieces)`` once
     per read, with the unmasked pieces of every frame that read carried (one
-    write to the VM), and no copy of the buffer per frame. At the first frame
-    of any other kind (control frames, text, fragments, anything unusual or
-    invalid) ``feed`` stops and returns the bytes from that frame on, for
-    autobahn to read.
+    write to the VM), and no copy of the buffer per frame. With ``text``
+    (a console outside the base64 subprotocol, whose text is its UTF-8
+    bytes), a final, masked text frame likewise, if the read carries it
+    whole and its payload is valid UTF-8 (it is a whole message, so that is
+    RFC 6455's check). At the first frame of any other kind (control
+    frames, fragments, a text frame cut across reads or not UTF-8, anything
+    unusual or invalid) ``feed`` stops and returns the bytes from that frame
+    on, for autobahn to read.
 
     A whole, masked close frame in one read, with no payload or a code
     (two bytes or more, at most 125), is unmasked and handed to
@@ -50,13 +54,14 @@ class ClientFrames:
     what follows it.
     """
 
-    __slots__ = ("_deliver", "_max", "_on_close", "_head", "_left", "_mask")
+    __slots__ = ("_deliver", "_max", "_on_close", "text", "_head", "_left", "_mask")
 
     def __init__(self, deliver: Callable[..., None], max_payload: int,
-                 on_close: Optional[Callable[[Optional[int], Optional[bytes]], object]] = None):
+                 on_close: Optional[Callable[[Optional[int], Optional[bytes]], object]] = None, text: bool = False):
         self._deliver = deliver
         self._max = max_payload
         self._on_close = on_close
+        self.text = text  # text frames are read too (their payload is what goes to the VM)
         self._head = b""  # the start of a frame header a read cut short
         self._left = 0  # payload bytes of the current frame still to come
         self._mask = b""  # its mask, turned to where the next byte falls
@@ -97,7 +102,8 @@ class ClientFrames:
             first, second = data[pos], data[pos + 1]
             if first == CLOSE and second & 0x80 and self._on_close is not None:
                 return self._read_close(data, view, pos, pieces)
-            if first != BINARY or not second & 0x80:  # not a final binary frame, or not masked
+            text = first == TEXT and self.text
+            if not (first == BINARY or text) or not second & 0x80:  # not a final binary (or text) frame, or not masked
                 return data[pos:]
             length = second & 0x7F
             size = 2 + _EXTENDED_LENGTH.get(length, 0)
@@ -108,6 +114,21 @@ class ClientFrames:
                 length = int.from_bytes(view[pos + 2:pos + size], "big")
                 if length < (126 if size == 4 else 65536) or length > self._max:  # not minimal, or too big
                     return data[pos:]
+            if text:
+                # Whole in this read, or autobahn's: holding a text frame
+                # back for more reads would copy it again at each.
+                stop = pos + size + 4 + length
+                if stop > end:
+                    return data[pos:]
+                payload = apply_mask(view[pos + size + 4:stop], data[pos + size:pos + size + 4])
+                try:
+                    payload.decode("utf-8")
+                except UnicodeDecodeError:  # autobahn closes with 1007
+                    return data[pos:]
+                if payload:
+                    pieces.append(payload)
+                pos = stop
+                continue
             self._mask = data[pos + size:pos + size + 4]
             self._left = length
             pos += size + 4

@@ -87,10 +87,11 @@ class ConsoleProtocol(WebSocketServerProtocol):
         self._pending = []
         self._pending_bytes = 0
         self._streaming = True
-        # Plain binary frames and the close frame are read by ClientFrames (the
-        # close as autobahn reads it, to autobahn's onCloseFrame, without its
-        # frame machinery and masker: see docs/performance.md).
-        self._frames = ClientFrames(self._input, MAX_FRAME, self.onCloseFrame) if apply_mask is not None else None
+        # Plain binary frames (text ones too, but for base64 text, which
+        # autobahn reassembles) and the close frame are read by ClientFrames
+        # (the close as autobahn reads it, to autobahn's onCloseFrame,
+        # without its frame machinery and masker: see docs/performance.md).
+        self._frames = ClientFrames(self._input, MAX_FRAME, self.onCloseFrame, text=True) if apply_mask is not None else None
         # autobahn's logger (txaio's), held by the instance: as a class
         # attribute it is a descriptor, and autobahn asks it for about a
         # dozen debug lines a session (each a call to its __get__, then one
@@ -233,6 +234,8 @@ class ConsoleProtocol(WebSocketServerProtocol):
         for protocol in request.protocols:
             if protocol in _SUBPROTOCOLS:
                 self._base64 = protocol == "base64"
+                if self._base64 and self._frames is not None:
+                    self._frames.text = False  # base64 text is decoded from whole messages (onMessage)
                 return protocol
         return None
 

@@ -35,10 +35,10 @@ def frame(payload: bytes, mask: bytes = b"\x01\x02\x03\x04", first: int = 0x82, 
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
-def read(chunks, max_payload: int = MAX_FRAME):
+def read(chunks, max_payload: int = MAX_FRAME, text: bool = False):
     """Feed chunks; (what was delivered, what was left to autobahn, idle at the end)."""
     delivered = []
-    frames = ClientFrames(lambda *pieces: delivered.extend(pieces), max_payload)
+    frames = ClientFrames(lambda *pieces: delivered.extend(pieces), max_payload, text=text)
     rest = b""
     for chunk in chunks:
         if rest:
@@ -114,6 +114,60 @@ _REASONS = st.binary(max_size=123) | st.text(max_size=40).map(lambda text: text.
 
 def close_frame(code, reason: bytes, mask: bytes = b"\x01\x02\x03\x04") -> bytes:
     return frame(b"" if code is None else struct.pack("!H", code) + reason, mask, first=0x88)
+
+
+_TEXTS = st.lists(st.text(max_size=100).map(lambda t: t.encode("utf-8")) | st.sampled_from(["é" * 30000, "x" * 126]).map(str.encode),
+                  max_size=6)
+
+
+class TextFrameTests(SynchronousTestCase):
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.tuples(st.booleans(), st.binary(max_size=200)), max_size=6), _TEXTS)
+    def test_whole_text_frames_are_read_with_binary_ones(self, binaries, texts):
+        """With ``text``: final text frames whole in a read, valid UTF-8, are delivered in order with binary ones."""
+        payloads = [p for _, p in binaries] + texts
+        stream = b"".join(frame(p) for p in [p for _, p in binaries]) + b"".join(frame(t, first=0x81) for t in texts)
+        delivered, rest, idle = read([stream], text=True)
+        self.assertEqual((delivered, rest, idle), (b"".join(payloads), b"", True))
+        self.assertEqual(read([frame(b"abc", first=0x81)])[1], frame(b"abc", first=0x81), "without text: autobahn's")
+
+    def test_a_text_frame_cut_across_reads_is_autobahns(self):
+        """Cut anywhere after its header: from its first byte to autobahn (holding it back would copy it at each read)."""
+        before, text = frame(b"ab"), frame("é€".encode(), first=0x81)
+        for cut in range(6, len(text)):
+            delivered, rest, _ = read([before + text[:cut], text[cut:]], text=True)
+            self.assertEqual((delivered, rest), (b"ab", text), cut)
+        delivered, rest, _ = read([before + text[:3], text[3:]], text=True)  # only its header cut: read whole next time
+        self.assertEqual((delivered, rest), (b"ab" + "é€".encode(), b""))
+
+    def test_text_that_is_not_utf8_is_autobahns(self):
+        """Invalid UTF-8 (a lone continuation byte, a surrogate, an overlong form, a cut character) goes to autobahn, which closes with 1007."""
+        for bad in (b"\x80", b"\xed\xa0\x80", b"\xc0\xaf", "é".encode()[:1], b"ok\xff"):
+            stream = frame(b"ab") + frame(bad, first=0x81) + frame(b"cd")
+            delivered, rest, _ = read([stream], text=True)
+            self.assertEqual((delivered, rest), (b"ab", frame(bad, first=0x81) + frame(b"cd")), bad)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.tuples(st.sampled_from([0x82, 0x81]), st.binary(max_size=60) | st.text(max_size=30).map(str.encode)),
+                    max_size=5), st.lists(st.integers(0, 400), max_size=4), st.sampled_from([None, "binary", "base64"]))
+    def test_a_console_reads_text_as_autobahn_does(self, frames, cuts, subprotocol):
+        """Any binary and text frames (UTF-8 or not), cut anywhere, under any subprotocol: the same input, reply, state and close code as when autobahn reads every frame."""
+        stream = b"".join(frame(payload, first=first) for first, payload in frames)
+        head = _HEAD if subprotocol is None else _HEAD.replace(b"\r\n\r\n", f"\r\nSec-WebSocket-Protocol: {subprotocol}\r\n\r\n".encode())
+        outcomes = []
+        for ours in (True, False):
+            protocol = ConsoleFactory(sessions=None, ping_interval=0).buildProtocol(None)
+            protocol.onOpen = lambda: None
+            if not ours:
+                protocol._frames = None  # autobahn reads every frame
+            transport = TCPStringTransport()
+            protocol.makeConnection(transport)
+            protocol.dataReceived(head)
+            transport.clear()
+            for chunk in split(stream, cuts):
+                protocol.dataReceived(chunk)
+            outcomes.append((transport.value(), protocol.state, protocol.localCloseCode, b"".join(protocol._pending or [])))
+        self.assertEqual(outcomes[0], outcomes[1])
 
 
 class CloseFrameTests(SynchronousTestCase):
