@@ -72,6 +72,17 @@ class EchoTests(IntegrationTestCase):
             await client.close()
         self.assertEqual(len(vm.connections), 2)
 
+    async def test_both_connections_send_small_writes_at_once(self):
+        """TCP_NODELAY on the client's and the VM's connection: a keystroke never waits for the last one's ACK (Nagle)."""
+        node = await start_node(self)
+        vm = await start_vm(self, EchoVM)
+        _server, url = await node.console_for(vm)
+        client = await open_console(self, url)
+        await client.echo(b"k")
+        session = node.sessions()[0]
+        self.assertEqual((session.client.transport.getTcpNoDelay(), session.console._vm.transport.getTcpNoDelay()),
+                         (True, True))
+
     async def test_base64_subprotocol(self):
         """A base64 client gets the VM's bytes as base64 text frames; its base64 text frames reach the VM decoded."""
         node = await start_node(self)
