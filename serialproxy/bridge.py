@@ -28,7 +28,7 @@ from zope.interface import Attribute, Interface, implementer
 
 from .errors import CloseCode, SerialProxyError
 from .names import NameCache, NamedVMEndpoint
-from .transports import VMEndpoint, close_now, held_bytes, send_now
+from .transports import VMEndpoint, close_now, held_bytes, quick_ack, send_now
 
 __all__ = ["Attachment", "Console", "IConsoleClient", "NodeFull", "Scrollback", "VMUnreachable", "vm_endpoint"]
 
@@ -195,6 +195,10 @@ class Attachment:
 # transport's 64 KiB pause threshold plus one read before the VM is paused.
 VM_READ_SIZE = 128 * 1024
 
+# VM reads shorter than this (interactive output, not a flood) are
+# acknowledged at once (_VMProtocol.dataReceived).
+QUICK_ACK_BELOW = 4096
+
 
 class _VMProtocol(Protocol):
     def __init__(self, console: "Console"):
@@ -213,6 +217,13 @@ class _VMProtocol(Protocol):
             pass
 
     def dataReceived(self, data: bytes) -> None:
+        if len(data) < QUICK_ACK_BELOW:
+            # QEMU's serial socket has Nagle's algorithm on (libvirt sets no
+            # nodelay): while a small write of the VM is unacknowledged, its
+            # next ones wait, and this end, which sends keystrokes, delays
+            # its ACKs up to 40 ms. Acknowledged at once, a guest's output
+            # comes as it is written (docs/performance.md).
+            quick_ack(self.transport)
         self._console.from_vm(data)
 
     def connectionLost(self, reason) -> None:

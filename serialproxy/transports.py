@@ -2,7 +2,8 @@
 
 ``send_now`` writes straight to the kernel when nothing is queued,
 ``close_now`` closes at once when nothing is queued, ``held_bytes`` reads
-what a transport holds unsent, ``ClientTransport`` reads client
+what a transport holds unsent, ``quick_ack`` acknowledges at once what a
+connection received, ``ClientTransport`` reads client
 connections 512 KiB at a time, and ``VMEndpoint`` connects to a VM without
 waiting a reactor turn when the kernel has already made the connection.
 Each keeps Twisted's order, flow control and error handling, and any
@@ -25,7 +26,7 @@ from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import ClientFactory, connectionDone
 from zope.interface import implementer
 
-__all__ = ["CLIENT_READ_SIZE", "ClientTransport", "VMEndpoint", "close_now", "held_bytes", "send_now"]
+__all__ = ["CLIENT_READ_SIZE", "ClientTransport", "VMEndpoint", "close_now", "held_bytes", "quick_ack", "send_now"]
 
 
 # Bytes read from a client connection at a time (see ClientTransport).
@@ -319,3 +320,18 @@ def held_bytes(transport) -> Optional[int]:
     if _plain_tcp(transport):
         return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
     return None
+
+
+def quick_ack(transport) -> None:
+    """Have the kernel acknowledge at once what a plain TCP connection receives (TCP_QUICKACK), for now.
+
+    The kernel delays acknowledgements (up to 40 ms) on a connection that
+    also sends, and goes back to doing so by itself; so this is asked again
+    after each read that wants it (``bridge._VMProtocol``). Anything else
+    (TLS, a test's transport) is left as it is.
+    """
+    if _plain_tcp(transport):
+        try:
+            transport.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+        except OSError:
+            pass

@@ -10,6 +10,7 @@ import gc
 import hashlib
 import os
 import random
+import socket
 import sqlite3
 import uuid
 import weakref
@@ -82,6 +83,17 @@ class EchoTests(IntegrationTestCase):
         session = node.sessions()[0]
         self.assertEqual((session.client.transport.getTcpNoDelay(), session.console._vm.transport.getTcpNoDelay()),
                          (True, True))
+
+    async def test_small_vm_output_is_acknowledged_at_once(self):
+        """After a small read from the VM its socket is in quick-ACK mode (the kernel left it, as the proxy sent keystrokes)."""
+        node = await start_node(self)
+        vm = await start_vm(self, EchoVM)
+        _server, url = await node.console_for(vm)
+        client = await open_console(self, url)
+        for key in b"keys":
+            await client.echo(bytes([key]))  # each keystroke sent just after the last echo was read: delayed ACKs
+        skt = node.sessions()[0].console._vm.transport.socket
+        self.assertEqual(skt.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK), 1)
 
     async def test_base64_subprotocol(self):
         """A base64 client gets the VM's bytes as base64 text frames; its base64 text frames reach the VM decoded."""
