@@ -115,24 +115,35 @@ class ClientFrames:
                 if length < (126 if size == 4 else 65536) or length > self._max:  # not minimal, or too big
                     return data[pos:]
             if text:
-                # Whole in this read, or autobahn's: holding a text frame
-                # back for more reads would copy it again at each.
-                stop = pos + size + 4 + length
-                if stop > end:
+                after = self._read_text(data, view, pos + size, length, pieces)
+                if after is None:
                     return data[pos:]
-                payload = apply_mask(view[pos + size + 4:stop], data[pos + size:pos + size + 4])
-                try:
-                    payload.decode("utf-8")
-                except UnicodeDecodeError:  # autobahn closes with 1007
-                    return data[pos:]
-                if payload:
-                    pieces.append(payload)
-                pos = stop
+                pos = after
                 continue
             self._mask = data[pos + size:pos + size + 4]
             self._left = length
             pos += size + 4
         return b""
+
+    @staticmethod
+    def _read_text(data: bytes, view: memoryview, at: int, length: int, pieces: list) -> Optional[int]:
+        """A text frame's payload, its mask at ``at``: taken if whole in this read and UTF-8; where the frame ends, or None.
+
+        Whole, or autobahn's: holding a text frame back for more reads would
+        copy it again at each; and autobahn closes text that is not UTF-8
+        with 1007.
+        """
+        stop = at + 4 + length
+        if stop > len(data):
+            return None
+        payload = apply_mask(view[at + 4:stop], data[at:at + 4])
+        try:
+            payload.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        if payload:
+            pieces.append(payload)
+        return stop
 
     def _read_close(self, data: bytes, view: memoryview, pos: int, pieces: list) -> bytes:
         """A close frame at ``pos``: if whole and plain, the payloads before it delivered, then ``on_close``.
