@@ -15,9 +15,10 @@ from collections import OrderedDict
 from typing import Optional
 
 from attrs import define, field, frozen
-from twisted.internet import error
+from twisted.internet import defer, error
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IResolutionReceiver, IStreamClientEndpoint
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .transports import VMEndpoint
@@ -75,8 +76,13 @@ class NameCache:
             return waiter
         self._asking[name] = [waiter]
         resolver = self.resolver if self.resolver is not None else self._reactor.nameResolver
-        resolver.resolveHostName(_Answer(lambda addresses: self._answered(name, addresses)), name, 0,
-                                 transportSemantics="TCP")
+        try:
+            resolver.resolveHostName(_Answer(lambda addresses: self._answered(name, addresses)), name, 0,
+                                     transportSemantics="TCP")
+        except Exception:
+            failure = Failure()
+            for waiting in self._asking.pop(name, ()):
+                waiting.errback(failure)
         return waiter
 
     def _answered(self, name: str, addresses: list) -> None:
@@ -101,9 +107,11 @@ class NameCache:
 class NamedVMEndpoint:
     """A TCP client endpoint for a VM's serial port at a host name: its addresses (``NameCache``) in turn.
 
-    Each address is dialled by ``VMEndpoint`` until one connects; the
-    ``timeout`` is shared between those left (a refusal answers at once).
-    Should none connect, the name is forgotten and the last error raised.
+    The resolver's answer counts against ``timeout`` (DNSLookupError if it
+    runs out first). Each address is dialled by ``VMEndpoint`` until one
+    connects; what is left of the timeout is shared between the addresses
+    left (a refusal answers at once). Should none connect, the name is
+    forgotten and the last error raised.
     """
 
     names: NameCache
@@ -116,8 +124,14 @@ class NamedVMEndpoint:
         return Deferred.fromCoroutine(self._connect(protocolFactory))
 
     async def _connect(self, protocolFactory):
-        addresses = await self.names.addresses(self.host)
         deadline = self.reactor.seconds() + self.timeout
+        asked = self.names.addresses(self.host)
+        if not asked.called:  # the resolver's answer counts against the timeout too
+            asked.addTimeout(self.timeout, self.reactor)
+        try:
+            addresses = await asked
+        except defer.TimeoutError:
+            raise error.DNSLookupError(f"no answer for {self.host} within {self.timeout:g} s") from None
         last = None
         for left, address in zip(range(len(addresses), 0, -1), addresses):
             remaining = deadline - self.reactor.seconds()

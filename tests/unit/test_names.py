@@ -3,10 +3,12 @@
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import CancelledError
 from twisted.internet.error import DNSLookupError
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from serialproxy.names import NAME_TTL, NameCache
+from serialproxy.names import NAME_TTL, NameCache, NamedVMEndpoint
 
 
 class _Resolver:
@@ -97,3 +99,41 @@ class NameCacheTests(SynchronousTestCase):
         self.resolver.answer(IPv6Address("TCP", "fe80::1", 0, 0, 2), IPv6Address("TCP", "2001:db8::1", 0),
                              v4("192.0.2.1"), v4("192.0.2.1"))
         self.assertEqual(self.successResultOf(d), ["fe80::1%2", "2001:db8::1", "192.0.2.1"])
+
+    def test_a_resolver_that_raises(self):
+        """A resolver that fails at once fails every caller with its error; the name is asked again next time."""
+        class Broken(_Resolver):
+            def resolveHostName(self, *args, **kwargs):
+                super().resolveHostName(*args, **kwargs)
+                raise RuntimeError("resolver broken")
+
+        self.resolver = Broken()
+        names = NameCache(self.clock, resolver=self.resolver)
+        self.assertIn("resolver broken", str(self.failureResultOf(names.addresses("hv-1.example"), RuntimeError).value))
+        self.failureResultOf(names.addresses("hv-1.example"), RuntimeError)
+        self.assertEqual(len(self.resolver.asked), 2)
+
+
+class NamedVMEndpointTimeoutTests(SynchronousTestCase):
+    def test_a_resolver_that_never_answers(self):
+        """The resolver's answer counts against the connect timeout: DNSLookupError when it runs out, naming the host."""
+        reactor = MemoryReactorClock()
+        names = NameCache(reactor, resolver=_Resolver())
+        d = NamedVMEndpoint(names, reactor, "slow.example", 4555, 7.0).connect(Factory.forProtocol(Protocol))
+        reactor.advance(6.9)
+        self.assertNoResult(d)
+        reactor.advance(0.1)
+        self.assertIn("slow.example within 7 s", str(self.failureResultOf(d, DNSLookupError).value))
+
+    def test_a_known_name_sets_no_timer(self):
+        """A name known already is dialled at once, with no timer for the answer made and cancelled."""
+        reactor = MemoryReactorClock()
+        resolver = _Resolver()
+        names = NameCache(reactor, resolver=resolver)
+        names.addresses("hv-1.example")
+        resolver.answer(v4("192.0.2.1"))
+        timers = []
+        self.patch(reactor, "callLater", lambda *args, **kwargs: timers.append(args))
+        NamedVMEndpoint(names, reactor, "hv-1.example", 4555, 7.0).connect(Factory.forProtocol(Protocol))
+        self.assertEqual(timers, [])
+        self.assertEqual([(host, port) for host, port, *_ in reactor.tcpClients], [("192.0.2.1", 4555)])
