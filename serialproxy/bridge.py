@@ -217,14 +217,15 @@ class _VMProtocol(Protocol):
             pass
 
     def dataReceived(self, data: bytes) -> None:
+        self._console.from_vm(data)
         if len(data) < QUICK_ACK_BELOW:
             # QEMU's serial socket has Nagle's algorithm on (libvirt sets no
             # nodelay): while a small write of the VM is unacknowledged, its
             # next ones wait, and this end, which sends keystrokes, delays
-            # its ACKs up to 40 ms. Acknowledged at once, a guest's output
-            # comes as it is written (docs/performance.md).
+            # its ACKs up to 40 ms. Acknowledged at once (after the bytes
+            # went on to the clients), a guest's output comes as it is
+            # written (docs/performance.md).
             quick_ack(self.transport)
-        self._console.from_vm(data)
 
     def connectionLost(self, reason) -> None:
         console, self._console = self._console, None  # the console holds this protocol: no cycle left behind

@@ -330,8 +330,9 @@ def quick_ack(transport) -> None:
     after each read that wants it (``bridge._VMProtocol``). Anything else
     (TLS, a test's transport) is left as it is.
     """
-    if _plain_tcp(transport):
+    skt = getattr(transport, "socket", None) if _plain_tcp(transport) else None  # None too once closed
+    if skt is not None:
         try:
-            transport.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+            skt.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
         except OSError:
             pass

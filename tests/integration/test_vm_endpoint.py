@@ -8,9 +8,10 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectBindError, ConnectingCancelledError, ConnectionRefusedError, DNSLookupError, TimeoutError
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import StringTransport
 
 from serialproxy.names import NameCache, NamedVMEndpoint
-from serialproxy.transports import VMEndpoint, _plain_tcp, _VMClient, _VMTransport
+from serialproxy.transports import VMEndpoint, _plain_tcp, _VMClient, _VMTransport, quick_ack
 
 from .helpers import IntegrationTestCase, closed_port, wait_until, within
 
@@ -195,6 +196,28 @@ class VMEndpointTests(_LoopbackTestCase):
         self.addCleanup(protocol.transport.abortConnection)
         self.assertTrue(protocol.made_when_connected)
         self.assertEqual(protocol.transport.getPeer().port, port)
+
+    async def test_quick_ack(self):
+        """quick_ack puts an open connection in quick-ACK mode, and does nothing to a closed one or a test's transport."""
+        class Answering(_Peer):
+            def dataReceived(self, data):  # a keystroke right after the VM's output: the kernel delays this end's ACKs now
+                super().dataReceived(data)
+                self.transport.write(b"k")
+
+        port, accepted = await self.listen()
+        protocol = await within(VMEndpoint(reactor, "127.0.0.1", port, 5).connect(Factory.forProtocol(Answering)), "connect")
+        await wait_until(lambda: accepted, "the accept")
+        for n in (1, 2, 3):
+            accepted[0].transport.write(b"o")
+            await wait_until(lambda: len(accepted[0].received) == n, "the answer")
+        skt = protocol.transport.socket
+        self.assertEqual(skt.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK), 0)
+        quick_ack(protocol.transport)
+        self.assertEqual(skt.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK), 1)
+        protocol.transport.abortConnection()
+        await wait_until(lambda: not protocol.transport.connected, "the close")
+        quick_ack(protocol.transport)  # closed: no socket left
+        quick_ack(StringTransport())
 
     async def test_refused(self):
         """Nothing listening: ConnectionRefusedError, as from Twisted's endpoint."""
