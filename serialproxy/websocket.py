@@ -16,7 +16,7 @@ import random
 from typing import ClassVar, Optional
 from urllib.parse import urlsplit
 
-from autobahn.twisted.util import create_transport_details
+from autobahn.twisted.util import create_transport_details, peer2str
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.wamp.types import TransportDetails
 from autobahn.websocket.protocol import WebSocketProtocol
@@ -110,10 +110,11 @@ class ConsoleProtocol(WebSocketServerProtocol):
     # own connectionLost.
 
     def connectionMade(self):
-        details = create_transport_details(self.transport, self.is_server)
-        details.channel_framing = TransportDetails.CHANNEL_FRAMING_WEBSOCKET
-        self._transport_details = details
-        self.peer = details.peer
+        # autobahn's details of the transport (the process and thread ids,
+        # two system calls, a TLS channel id, the peer) are for its WAMP
+        # sessions; a console needs the peer, and transport_details is made
+        # when asked.
+        self.peer = peer2str(self.transport)
         try:
             self.transport.setTcpNoDelay(self.tcpNoDelay)
         except (AttributeError, OSError):  # not TCP (autobahn's way too)
@@ -135,6 +136,15 @@ class ConsoleProtocol(WebSocketServerProtocol):
             # protocol itself (it has fired by now; nothing here waits on it).
             self._frames = None
             self.is_closed = None
+
+    @property
+    def transport_details(self) -> TransportDetails:
+        """autobahn's details of this connection's transport, as its connectionMade would have made them."""
+        if self._transport_details.peer is None and self.transport is not None:
+            details = create_transport_details(self.transport, self.is_server)
+            details.channel_framing = TransportDetails.CHANNEL_FRAMING_WEBSOCKET
+            self._transport_details = details
+        return self._transport_details
 
     def _connectionMade(self):
         WebSocketProtocol._connectionMade(self)

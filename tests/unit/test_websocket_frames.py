@@ -276,7 +276,9 @@ class ConnectionTests(SynchronousTestCase):
             transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 40000))
             transport.setTcpNoDelay = lambda enabled: seen.append(enabled)
             protocol.makeConnection(transport)
-            details = protocol._transport_details
+            if factory.protocol is ConsoleProtocol:
+                self.assertIsNone(protocol._transport_details.peer, "made when asked, not on every connection")
+            details = protocol.transport_details
             seen.append((protocol.state, factory.countConnections, protocol.peer, details.peer,
                          details.channel_framing, details.channel_type, details.is_server))
             protocol.connectionLost(Failure(ConnectionDone()))
