@@ -191,10 +191,10 @@ class Node:
         content = await within(response.content(), f"the body of {method} {path}")
         return response.code, (json.loads(content) if content else None)
 
-    async def register_server(self, admin_key: str, tenant: str, *ports: int) -> str:
-        """Register a server of ``tenant`` whose serial ports listen on loopback ``ports``."""
+    async def register_server(self, admin_key: str, tenant: str, *ports: int, host: str = "127.0.0.1") -> str:
+        """Register a server of ``tenant`` whose serial ports listen on ``ports`` of ``host`` (loopback)."""
         body = {"server": {"name": f"vm-{ports[0]}", "tenant_id": tenant,
-                           "serial_ports": [{"host": "127.0.0.1", "port": p} for p in ports]}}
+                           "serial_ports": [{"host": host, "port": p} for p in ports]}}
         status, answer = await self.call("POST", "/v3/servers", admin_key, body)
         assert status == 201, (status, answer)
         return answer["server"]["id"]

@@ -63,10 +63,7 @@ class EchoTests(IntegrationTestCase):
         vm = await start_vm(self, EchoVM)
         admin = await node.make_key("ops", admin=True)
         member = await node.make_key("tenant-a")
-        body = {"server": {"name": "by-name", "tenant_id": "tenant-a", "serial_ports": [{"host": "localhost", "port": vm.port}]}}
-        status, answer = await node.call("POST", "/v3/servers", admin, body)
-        self.assertEqual(status, 201, answer)
-        url = await node.console_url(member, answer["server"]["id"])
+        url = await node.console_url(member, await node.register_server(admin, "tenant-a", vm.port, host="localhost"))
         for _ in range(2):
             client = await open_console(self, url)
             await client.echo(b"by name\r\n")

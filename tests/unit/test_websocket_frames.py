@@ -1,4 +1,4 @@
-"""ClientFrames (the console's own reader of plain binary client frames and the close frame) against frames built by the RFC and autobahn; each connection's ping interval; autobahn's connection set-up and tear-down."""
+"""ClientFrames (the console's own reader of plain binary and text client frames and the close frame) against frames built by the RFC and autobahn; each connection's ping interval; autobahn's connection set-up and tear-down."""
 
 import struct
 
@@ -8,9 +8,11 @@ from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket import protocol as autobahn_protocol
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from txaio._common import _BatchedTimer  # autobahn's timer buckets, given a test clock (console_reads)
 
 from serialproxy.frames import ClientFrames
 from serialproxy.testing import TCPStringTransport
@@ -51,6 +53,30 @@ def read(chunks, max_payload: int = MAX_FRAME, text: bool = False):
 def split(data: bytes, cuts) -> list:
     points = sorted({min(c, len(data)) for c in cuts})
     return [data[a:b] for a, b in zip([0] + points, points + [len(data)])]
+
+
+def console_reads(stream: bytes, cuts, ours: bool, head: bytes = None) -> tuple:
+    """A console protocol given the upgrade ``head`` (default _HEAD), then ``stream`` cut at ``cuts``.
+
+    ``ours``: as it runs, with ClientFrames; else autobahn reads every
+    frame. Returns the protocol and what it wrote after its 101. autobahn's
+    timers (a close it began waits for the reply) run on a clock of their
+    own, not on the global reactor, which a later test would find unclean.
+    """
+    factory = ConsoleFactory(sessions=None, ping_interval=0)
+    clock = Clock()
+    factory._batched_timer = _BatchedTimer(200.0, 1000, seconds_provider=clock.seconds, delayed_call_creator=clock.callLater)
+    protocol = factory.buildProtocol(None)
+    protocol.onOpen = lambda: None
+    if not ours:
+        protocol._frames = None  # autobahn reads every frame
+    transport = TCPStringTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(_HEAD if head is None else head)
+    transport.clear()
+    for chunk in split(stream, cuts):
+        protocol.dataReceived(chunk)
+    return protocol, transport.value()
 
 
 _PAYLOADS = st.lists(st.binary(max_size=300) | st.sampled_from([bytes(range(256)) * 200, b"x" * 125, b"y" * 126]),
@@ -156,17 +182,8 @@ class TextFrameTests(SynchronousTestCase):
         head = _HEAD if subprotocol is None else _HEAD.replace(b"\r\n\r\n", f"\r\nSec-WebSocket-Protocol: {subprotocol}\r\n\r\n".encode())
         outcomes = []
         for ours in (True, False):
-            protocol = ConsoleFactory(sessions=None, ping_interval=0).buildProtocol(None)
-            protocol.onOpen = lambda: None
-            if not ours:
-                protocol._frames = None  # autobahn reads every frame
-            transport = TCPStringTransport()
-            protocol.makeConnection(transport)
-            protocol.dataReceived(head)
-            transport.clear()
-            for chunk in split(stream, cuts):
-                protocol.dataReceived(chunk)
-            outcomes.append((transport.value(), protocol.state, protocol.localCloseCode, b"".join(protocol._pending or [])))
+            protocol, written = console_reads(stream, cuts, ours, head)
+            outcomes.append((written, protocol.state, protocol.localCloseCode, b"".join(protocol._pending or [])))
         self.assertEqual(outcomes[0], outcomes[1])
 
 
@@ -207,17 +224,8 @@ class CloseFrameTests(SynchronousTestCase):
         stream = b"".join(frame(p) for p in before) + close_frame(code, reason) + after
         outcomes = []
         for ours in (True, False):
-            protocol = ConsoleFactory(sessions=None, ping_interval=0).buildProtocol(None)
-            protocol.onOpen = lambda: None
-            if not ours:
-                protocol._frames = None  # autobahn reads every frame
-            transport = TCPStringTransport()
-            protocol.makeConnection(transport)
-            protocol.dataReceived(_HEAD)
-            transport.clear()
-            for chunk in split(stream, cuts):
-                protocol.dataReceived(chunk)
-            outcomes.append((transport.value(), protocol.state, protocol.wasClean, protocol.remoteCloseCode,
+            protocol, written = console_reads(stream, cuts, ours)
+            outcomes.append((written, protocol.state, protocol.wasClean, protocol.remoteCloseCode,
                              protocol.remoteCloseReason, protocol.localCloseCode, b"".join(protocol._pending)))
         self.assertEqual(outcomes[0], outcomes[1])
 
