@@ -133,12 +133,13 @@ class NamedVMEndpoint:
         except defer.TimeoutError:
             raise error.DNSLookupError(f"no answer for {self.host} within {self.timeout:g} s") from None
         last = None
-        for left, address in zip(range(len(addresses), 0, -1), addresses):
+        for tried, address in enumerate(addresses):
             remaining = deadline - self.reactor.seconds()
             if remaining <= 0:
                 break
+            share = remaining / (len(addresses) - tried)  # of what is left, for each address not tried yet
             try:
-                return await VMEndpoint(self.reactor, address, self.port, remaining / left).connect(protocolFactory)
+                return await VMEndpoint(self.reactor, address, self.port, share).connect(protocolFactory)
             except error.ConnectError as e:  # refused, unreachable, timed out, no socket
                 last = e
         self.names.forget(self.host)
