@@ -29,17 +29,28 @@ python_ok() {
   "$1" -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null
 }
 
-# ensure_venv EXTRAS : .venv with serialproxy installed (editable), EXTRAS like "[test]".
+# ensure_venv EXTRAS : .venv with serialproxy installed (editable), EXTRAS like "[test,client]".
+# A venv set up for more extras (scripts/test's) serves fewer (scripts/run's)
+# as it is; asked for others, it is installed with all of them, so that
+# scripts/run and scripts/test never undo each other's set-up.
 ensure_venv() {
-  local extras="${1:-}" py=python3 stamp
+  local want="${1:-}" py=python3 digest stamp have extras
   python_ok "$py" || ensure_apt python3 python3-venv
   python_ok "$py" || { say "serialproxy needs Python 3.11 or newer with venv"; return 1; }
   # libvirt-python builds from source against libvirt's headers.
   ensure_apt pkg-config libvirt-dev gcc python3-dev
-  stamp="$(cat "$ROOT/setup.py" | sha256sum | cut -c1-16)$extras"
-  if [ -x "$VENV/bin/python" ] && [ "$(cat "$VENV/.serialproxy-stamp" 2>/dev/null)" = "$stamp" ]; then
-    return 0
+  digest="$(sha256sum < "$ROOT/setup.py" | cut -c1-16)"
+  stamp="$(cat "$VENV/.serialproxy-stamp" 2>/dev/null || true)"  # DIGEST[extra,...] of the last install
+  have=""
+  if [ -x "$VENV/bin/python" ]; then
+    have="$(extras_of "${stamp:16}")"
+    if [ "${stamp:0:16}" = "$digest" ] && [ -z "$(comm -23 <(extras_of "$want") <(printf '%s\n' "$have"))" ]; then
+      return 0
+    fi
   fi
+  extras="$(printf '%s\n%s\n' "$have" "$(extras_of "$want")" | sort -u | paste -sd, -)"
+  extras="${extras#,}"
+  extras="${extras:+[$extras]}"
   say "setting up $VENV"
   [ -x "$VENV/bin/python" ] || "$py" -m venv "$VENV"
   local log="$VENV/pip-install.log"
@@ -49,7 +60,15 @@ ensure_venv() {
     cat "$log" >&2; say "pip install failed (log: $log)"; return 1
   fi
   "$VENV/bin/python" -c 'import serialproxy, klein, autobahn, psycopg2, libvirt' || return 1
-  echo "$stamp" > "$VENV/.serialproxy-stamp"
+  echo "$digest$extras" > "$VENV/.serialproxy-stamp"
+}
+
+# extras_of "[a,b]" : the extras, one a line, sorted (nothing for "").
+extras_of() {
+  local list="${1#[}"
+  list="${list%]}"
+  [ -n "$list" ] && printf '%s\n' "${list//,/$'\n'}" | sed '/^$/d' | sort -u
+  return 0
 }
 
 free_port() {
