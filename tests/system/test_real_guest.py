@@ -42,6 +42,20 @@ def type_and_read(url: str, expect: str) -> str:
     raise AssertionError(f"no {expect!r} from the guest in {ANSWER_TIMEOUT} s; it said: {seen[-500:]!r}")
 
 
+def destroy_domain(name: str) -> None:
+    """Stop and forget a libvirt domain, if it is there."""
+    connection = libvirt.open("qemu:///system")
+    try:
+        domain = connection.lookupByName(name)
+        if domain.isActive():
+            domain.destroy()
+        domain.undefine()
+    except libvirt.libvirtError:
+        pass
+    finally:
+        connection.close()
+
+
 class RealGuestTests(DaemonMixin, SynchronousTestCase):
     def setUp(self):
         path = os.environ.get(GUEST_ENV)
@@ -64,18 +78,6 @@ class RealGuestTests(DaemonMixin, SynchronousTestCase):
         with sqlite3.connect(os.path.join(self.dir, "state", "serialproxy.sqlite")) as db:
             return sorted(db.execute("SELECT hypervisor_id, port, server_id FROM port_allocations WHERE state = 'allocated'"))
 
-    def destroy_domain(self, name):
-        connection = libvirt.open("qemu:///system")
-        try:
-            domain = connection.lookupByName(name)
-            if domain.isActive():
-                domain.destroy()
-            domain.undefine()
-        except libvirt.libvirtError:
-            pass
-        finally:
-            connection.close()
-
     def test_boot_type_restart_delete(self):
         """Boot a 2-port guest, type into each port via v2 and v3 URLs, restart the proxy, delete."""
         admin = self.manage("create-key", "--tenant", "ops", "--admin")
@@ -90,7 +92,7 @@ class RealGuestTests(DaemonMixin, SynchronousTestCase):
         server = self.api("POST", "/v2/acme/servers", member, {"server": {
             "name": "guest", "image": f"tiny-{self.suffix}", "hypervisor": f"local-{self.suffix}",
             "memory_mb": 128}}, expect=202)["server"]
-        self.addCleanup(self.destroy_domain, f"serialproxy-{server['id']}")
+        self.addCleanup(destroy_domain, f"serialproxy-{server['id']}")
         self.assertEqual((server["status"], len(server["serial_ports"])), ("active", 2))
 
         first = self.api("POST", f"/v2/acme/servers/{server['id']}/get-serial-console", member,
