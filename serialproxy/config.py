@@ -30,6 +30,14 @@ def _default_web_dir() -> Path:
 
 DEFAULT_WEB_DIR = _default_web_dir()
 
+# Connections the kernel completes and holds for the listener until it
+# accepts them (listen(2)'s backlog; Linux caps it at net.core.somaxconn).
+# Twisted's default, 50, is overrun when many clients connect at once (every
+# console's client reconnecting after a restart or a network blip): the
+# kernel then drops their handshakes, and each waits out a SYN retransmit of
+# 1 s, then 3 s, and so on. See docs/performance.md.
+LISTEN_BACKLOG = 4096
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -237,8 +245,9 @@ class Config:
             return self.endpoint
         interface = self.host.replace(":", r"\:")
         if self.ssl_only:
-            return f"ssl:{self.serialproxy_port}:interface={interface}:certKey={_escape(self.cert)}:privateKey={_escape(self.key or self.cert)}"
-        return f"tcp:{self.serialproxy_port}:interface={interface}"
+            return (f"ssl:{self.serialproxy_port}:interface={interface}:backlog={LISTEN_BACKLOG}"
+                    f":certKey={_escape(self.cert)}:privateKey={_escape(self.key or self.cert)}")
+        return f"tcp:{self.serialproxy_port}:interface={interface}:backlog={LISTEN_BACKLOG}"
 
     def console_base_url(self, port: int) -> str:
         """The base of console URLs once the listener is bound to ``port``."""

@@ -4,15 +4,19 @@ Clients here are independent of the proxy's own stack: urllib for HTTP and
 the `websockets` package for the console.
 """
 
+import errno
 import os
+import select
 import signal
+import socket
+import time
 import urllib.request
 
 from twisted.trial.unittest import SynchronousTestCase
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from serialproxy.config import OPTIONS
+from serialproxy.config import LISTEN_BACKLOG, OPTIONS
 from serialproxy.database import current_version
 
 from ..daemon import ROOT, TWISTD, DaemonMixin, start_echo
@@ -83,6 +87,34 @@ class DaemonTests(DaemonMixin, SynchronousTestCase):
         # twistd shuts down cleanly, then re-raises the signal that stopped it.
         self.assertEqual(process.returncode, -signal.SIGTERM)
         self.assertIn("Server Shut Down.", open(process.log).read())
+
+    def test_connections_wait_for_a_busy_daemon(self):
+        """Hundreds of clients connecting at once, while the daemon cannot accept, are all let in by the kernel.
+
+        With Twisted's default backlog (50) the kernel dropped the handshakes
+        past the fiftieth, and each client waited out SYN retransmits (1 s,
+        then 3 s, ...). The daemon is stopped (SIGSTOP) so that it accepts
+        none meanwhile; every connect must complete within 3 s.
+        """
+        clients = 300
+        self.assertGreater(LISTEN_BACKLOG, clients)
+        process, base = self.start("serialproxy", "--config", self.config)
+        port = int(base.rsplit(":", 1)[1].strip("/"))
+        os.kill(process.pid, signal.SIGSTOP)
+        self.addCleanup(os.kill, process.pid, signal.SIGCONT)  # before the mixin's stop (cleanups run last first)
+        sockets = []
+        self.addCleanup(lambda: [s.close() for s in sockets])
+        for _ in range(clients):
+            s = socket.socket()
+            s.setblocking(False)
+            self.assertIn(s.connect_ex(("127.0.0.1", port)), (0, errno.EINPROGRESS))
+            sockets.append(s)
+        pending, deadline = set(sockets), time.monotonic() + 3
+        while pending and time.monotonic() < deadline:
+            _, writable, _ = select.select([], list(pending), [], max(0.0, deadline - time.monotonic()))
+            pending -= set(writable)
+        self.assertEqual(len(pending), 0, f"{len(pending)} of {clients} connections still in their handshake")
+        self.assertEqual({s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) for s in sockets}, {0})
 
     def test_tac(self):
         """twistd -y serialproxy.tac runs the same node from $SERIALPROXY_CONFIG."""

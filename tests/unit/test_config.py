@@ -29,7 +29,7 @@ class ConfigTests(SynchronousTestCase):
             (False, "", "", "", (10000, 20000), False, False, False, False, "self.pem", "", "", 6083, 600, ()),
         )
         self.assertEqual(config.database_url, "sqlite:///serialproxy-state/serialproxy.sqlite")
-        self.assertEqual(config.listen_endpoint(), "tcp:6083:interface=127.0.0.1")
+        self.assertEqual(config.listen_endpoint(), "tcp:6083:interface=127.0.0.1:backlog=4096")
 
     def test_file_values(self):
         """Values from the [serial_console] and [database] sections are read and typed."""
@@ -40,7 +40,7 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual((config.enabled, config.port_range, config.token_ttl), (True, (100, 200), 30))
         self.assertEqual(config.allowed_origins, ("https://dash.example.com", "console.example.com:8443"))
         self.assertEqual(config.database_url, "postgresql://sp@db.example.com/sp")
-        self.assertEqual(config.listen_endpoint(), r"tcp:6083:interface=\:\:1")
+        self.assertEqual(config.listen_endpoint(), r"tcp:6083:interface=\:\:1:backlog=4096")
         self.assertEqual(config.console_base_url(6083), "ws://[::1]:6083/")
 
     def test_flags_override_file(self):
