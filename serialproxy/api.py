@@ -13,6 +13,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from attrs import define
 from klein import Klein
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from werkzeug.exceptions import MethodNotAllowed, NotFound as RouteNotFound
 
@@ -79,10 +80,32 @@ def _image_json(image: Image) -> dict:
 
 
 def _json(request, status: int, body) -> bytes:
+    _json_head(request, status)
+    return json.dumps(body).encode("utf-8")
+
+
+def _json_head(request, status: int) -> None:
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", b"application/json")
     request.setHeader(b"Cache-Control", b"no-store")
-    return json.dumps(body).encode("utf-8")
+
+
+# A list answer is made this many items at a time, a slice a reactor turn.
+# Made in one go, 10,000 servers took ~140 ms of Python (their dicts, then
+# the JSON), and every console's bytes waited that long; a slice takes a few
+# milliseconds. See docs/performance.md.
+LIST_SLICE = 200
+
+
+async def _json_list(clock: IReactorTime, request, name: str, items: list, render: Callable, size: int = LIST_SLICE) -> bytes:
+    """``_json(request, 200, {name: [render(item) for item in items]})``, the same bytes, made ``size`` items a reactor turn."""
+    pieces = []
+    for start in range(0, len(items), size):
+        if start:
+            await deferLater(clock, 0, lambda: None)  # the reactor's other work comes first
+        pieces.append(json.dumps([render(item) for item in items[start:start + size]])[1:-1])
+    _json_head(request, 200)
+    return f"{{{json.dumps(name)}: [{', '.join(pieces)}]}}".encode("utf-8")
 
 
 def _body(request, required: bool = True) -> dict:
@@ -244,7 +267,7 @@ class API:
     async def list_servers(self, request):
         key = await self._caller(request)
         servers = await self._store.list_servers(None if key.is_admin else key.tenant_id)
-        return _json(request, 200, {"servers": [_server_json(s, key) for s in servers]})
+        return await _json_list(self._clock, request, "servers", servers, lambda server: _server_json(server, key))
 
     @app.route("/v3/servers/<server_id>", methods=["GET"])
     async def show_server(self, request, server_id):
@@ -271,14 +294,15 @@ class API:
         key = await self._caller(request)
         server = await self._visible_server(key, server_id)
         records = await self._sessions.list(server.id)
-        return _json(request, 200, {"serial_sessions": [_session_json(r) for r in records]})
+        return await _json_list(self._clock, request, "serial_sessions", records, _session_json)
 
     @app.route("/v3/serial-sessions", methods=["GET"])
     async def all_sessions(self, request):
         """Every live session (admin)."""
         await self._admin(request)
         records = await self._sessions.list()
-        return _json(request, 200, {"serial_sessions": [_session_json(r) | {"server_id": r.server_id} for r in records]})
+        return await _json_list(self._clock, request, "serial_sessions", records,
+                                lambda record: _session_json(record) | {"server_id": record.server_id})
 
     @app.route("/v3/servers/<server_id>/serial-sessions/<session_id>", methods=["DELETE"])
     async def kick_session(self, request, server_id, session_id):

@@ -4,12 +4,13 @@ import itertools
 import json
 from urllib.parse import parse_qs, urlsplit
 
+from hypothesis import given, strategies as st
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from serialproxy.api import API, console_url
+from serialproxy.api import API, LIST_SLICE, _json_list, console_url
 from serialproxy.config import load_config
 from serialproxy.errors import TokenInvalid
 from serialproxy.sessions import SessionManager
@@ -17,11 +18,25 @@ from serialproxy.ports import PortAllocator
 from serialproxy.servers import Servers
 from serialproxy.testing import FakeHypervisorDriver, FakeProbe, MemoryStore
 from serialproxy.tokens import KeyService, TokenService, hash_secret
+from twisted.web.test.requesthelper import DummyRequest
 
 
 def entropy():
     counter = itertools.count(1)
     return lambda n: next(counter).to_bytes(4, "big").rjust(n, b"\x07")
+
+
+def run_turns(clock: Clock, after=lambda: None) -> int:
+    """Run ``clock``'s due calls turn by turn, as the reactor does (a call made in a turn waits for the next); turns run."""
+    turns = 0
+    while any(call.getTime() <= clock.seconds() for call in clock.getDelayedCalls()):
+        for call in [c for c in clock.getDelayedCalls() if c.getTime() <= clock.seconds()]:
+            clock.calls.remove(call)
+            call.called = 1
+            call.func(*call.args, **call.kw)
+        after()
+        turns += 1
+    return turns
 
 
 class APITestCase(SynchronousTestCase):
@@ -112,6 +127,15 @@ class APITests(APITestCase):
         code, body = self.call("GET", f"/v3/servers/{mine}", self.acme)
         self.assertEqual((code, body["server"]["serial_ports"]), (200, [{"index": 0}]))
         self.assertEqual(self.call("GET", f"/v3/servers/{theirs}", self.acme)[0], 404)
+
+    def test_long_list_a_slice_a_turn(self):
+        """A list longer than a slice is made over several reactor turns, and comes whole and in order."""
+        with_servers = [self.register("acme", [("127.0.0.1", 1000 + i)]) for i in range(2 * LIST_SLICE + 1)]
+        answer = self.treq.request("GET", "http://proxy.example.com:6083/v3/servers", headers={"X-Auth-Token": self.acme})
+        self.assertEqual(run_turns(self.clock, self.treq.flush), 2)  # three slices: two more turns
+        response = self.successResultOf(answer)
+        body = json.loads(self.successResultOf(response.content()))
+        self.assertEqual((response.code, [s["id"] for s in body["servers"]]), (200, with_servers))
 
     def test_other_tenant_is_not_found(self):
         """Another tenant's server answers exactly like a missing one."""
@@ -275,3 +299,20 @@ class ConsoleURLTests(SynchronousTestCase):
         """A base URL with a query keeps it and gets the token added."""
         self.assertEqual(console_url("wss://h/c?x=1", "T"), "wss://h/c?x=1&token=T")
         self.assertEqual(console_url("ws://h:1", "T"), "ws://h:1/?token=T")
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+                     max_leaves=6)
+
+
+class JSONListTests(SynchronousTestCase):
+    @given(st.lists(_JSON, max_size=12), st.text(min_size=1, max_size=10), st.integers(1, 5))
+    def test_same_bytes_as_json_dumps(self, items, name, size):
+        """The sliced answer is byte for byte what json.dumps makes of the whole list, after a turn per extra slice."""
+        clock, request = Clock(), DummyRequest([b""])
+        made = Deferred.fromCoroutine(_json_list(clock, request, name, items, lambda item: [item], size))
+        self.assertEqual(run_turns(clock), max(0, -(-len(items) // size) - 1))  # a turn per slice after the first
+        self.assertEqual(self.successResultOf(made), json.dumps({name: [[item] for item in items]}).encode("utf-8"))
+        self.assertEqual((request.responseCode, request.responseHeaders.getRawHeaders(b"content-type")),
+                         (200, [b"application/json"]))
