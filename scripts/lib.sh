@@ -48,8 +48,7 @@ ensure_venv() {
       return 0
     fi
   fi
-  extras="$(printf '%s\n%s\n' "$have" "$(extras_of "$want")" | sort -u | paste -sd, -)"
-  extras="${extras#,}"
+  extras="$(printf '%s\n%s\n' "$have" "$(extras_of "$want")" | sed '/^$/d' | sort -u | paste -sd, -)"
   extras="${extras:+[$extras]}"
   say "setting up $VENV"
   [ -x "$VENV/bin/python" ] || "$py" -m venv "$VENV"

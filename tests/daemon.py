@@ -82,11 +82,16 @@ class DaemonMixin:
         process.stderr.close()
 
     def http(self, method, url, key, body=None):
-        request = urllib.request.Request(url, method=method, headers={"X-Auth-Token": key},
-                                         data=json.dumps(body).encode() if body is not None else None)
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return response.status, json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read())
+        return http_json(method, url, key, body)
+
+
+def http_json(method, url, key, body=None):
+    """One API call with urllib: ``(status, the JSON answer)``."""
+    request = urllib.request.Request(url, method=method, headers={"X-Auth-Token": key},
+                                     data=json.dumps(body).encode() if body is not None else None)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
 

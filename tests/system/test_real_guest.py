@@ -42,6 +42,16 @@ def type_and_read(url: str, expect: str) -> str:
     raise AssertionError(f"no {expect!r} from the guest in {ANSWER_TIMEOUT} s; it said: {seen[-500:]!r}")
 
 
+def built_guest(testcase) -> str:
+    """The guest.json of the built guest; fails ``testcase`` (never skips) without it or without libvirtd."""
+    path = os.environ.get(GUEST_ENV)
+    if not path or not os.path.exists(path):
+        testcase.fail(f"${GUEST_ENV} does not name a built guest: run scripts/test (it runs scripts/build-guest)")
+    if not os.path.exists(LIBVIRT_SOCKET):
+        testcase.fail("libvirtd is not running: run scripts/test (it runs scripts/libvirt-services start)")
+    return path
+
+
 def destroy_domain(name: str) -> None:
     """Stop and forget a libvirt domain, if it is there."""
     connection = libvirt.open("qemu:///system")
@@ -58,11 +68,7 @@ def destroy_domain(name: str) -> None:
 
 class RealGuestTests(DaemonMixin, SynchronousTestCase):
     def setUp(self):
-        path = os.environ.get(GUEST_ENV)
-        if not path or not os.path.exists(path):
-            self.fail(f"${GUEST_ENV} does not name a built guest: run scripts/test (it runs scripts/build-guest)")
-        if not os.path.exists(LIBVIRT_SOCKET):
-            self.fail("libvirtd is not running: run scripts/test (it runs scripts/libvirt-services start)")
+        path = built_guest(self)
         with open(path) as f:
             self.guest = json.load(f)
         super().setUp()

@@ -8,19 +8,17 @@ deletes the guest through the API before it stops the script. Without a
 built guest or libvirtd it fails; it never skips.
 """
 
-import json
 import os
 import re
 import shutil
 import signal
 import subprocess
 import time
-import urllib.request
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from ..daemon import ROOT
-from .test_real_guest import GUEST_ENV, LIBVIRT_SOCKET, destroy_domain, type_and_read
+from ..daemon import ROOT, http_json
+from .test_real_guest import built_guest, destroy_domain, type_and_read
 
 READY_TIMEOUT = 300  # the script checks Debian packages and the venv before it starts anything
 STOP_TIMEOUT = 30
@@ -28,11 +26,7 @@ STOP_TIMEOUT = 30
 
 class RunScriptTests(SynchronousTestCase):
     def setUp(self):
-        guest = os.environ.get(GUEST_ENV)
-        if not guest or not os.path.exists(guest):
-            self.fail(f"${GUEST_ENV} does not name a built guest: run scripts/test (it runs scripts/build-guest)")
-        if not os.path.exists(LIBVIRT_SOCKET):
-            self.fail("libvirtd is not running: run scripts/test (it runs scripts/libvirt-services start)")
+        guest = built_guest(self)
         self.state = os.path.abspath(self.mktemp())
         shutil.copytree(os.path.dirname(guest), os.path.join(self.state, "guest"))  # with its stamp: not built again
 
@@ -73,11 +67,6 @@ class RunScriptTests(SynchronousTestCase):
             time.sleep(0.2)
         self.fail(f"scripts/run was not ready within {READY_TIMEOUT} s:\n{text[-3000:]}")
 
-    def api(self, base: str, key: str, method: str, path: str):
-        request = urllib.request.Request(base + path, method=method, headers={"X-Auth-Token": key})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read() or b"null")
-
     def test_any_free_port_demo_guest_and_its_urls(self):
         """--serialproxy-port=0: the URLs and the API address printed name the port the daemon got, and work."""
         process = self.start("--serialproxy-port=0")
@@ -96,8 +85,9 @@ class RunScriptTests(SynchronousTestCase):
         self.assertTrue(all(url.startswith(f"ws://127.0.0.1:{port}/?token=") for _, url in urls), urls)
 
         key = open(os.path.join(self.state, "admin.key")).read().strip()
-        self.addCleanup(self.api, base.group(1), key, "DELETE", f"/v3/servers/{server_id}")  # before the script stops
+        delete = f"{base.group(1)}/v3/servers/{server_id}"
+        self.addCleanup(lambda: self.assertEqual(http_json("DELETE", delete, key)[0], 204))  # before the script stops
         self.assertIn(f"http://127.0.0.1:{port}/v3/servers", text)
-        status, answer = self.api(base.group(1), key, "GET", "/v3/servers")
+        status, answer = http_json("GET", f"{base.group(1)}/v3/servers", key)
         self.assertEqual((status, [s["id"] for s in answer["servers"]]), (200, [server_id]))
         self.assertIn("42-/dev/ttyS0", type_and_read(urls[0][1], "42-/dev/ttyS0"))
