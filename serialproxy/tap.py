@@ -19,6 +19,7 @@ from .database import Database, NodeClaim, claim_sqlite, open_database, parse_ur
 from .errors import ConfigError, DatabaseError
 from .libvirt_driver import LibvirtDriver
 from .logs import log_through_us
+from .polling import lean_poll
 from .ports import PortAllocator, PortProbe
 from .recording import Recorder
 from .servers import Servers
@@ -246,4 +247,5 @@ def makeService(options, reactor=None):
     except DatabaseError as e:
         raise SystemExit(f"serialproxy: database error: {e}")
     tune_gc()
+    lean_poll(reactor)  # no log context built around every socket event (polling.py)
     return service
