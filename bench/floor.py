@@ -4,8 +4,10 @@ Not a console proxy: no token, no database, no Origin check, no autobahn, no
 logging, no flow control; it accepts the upgrade, dials the VM port, relays
 final binary frames each way and answers a close. ``bench/run`` measures its
 new sessions per second beside serialproxy's, as the ceiling of any design on
-this reactor, this Python and this machine. Prints its port, then serves until
-killed. Usage: floor.py VM_PORT
+this reactor, this Python and this machine. It runs on the reactor loop the
+daemon runs on (``serialproxy.polling.lean_poll``: no log context built
+around each socket event), so that it stays the ceiling. Prints its port,
+then serves until killed. Usage: floor.py VM_PORT
 """
 
 import base64
@@ -15,6 +17,8 @@ import sys
 
 from twisted.internet import endpoints, protocol, reactor
 from websockets.speedups import apply_mask
+
+from serialproxy.polling import lean_poll
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -85,6 +89,7 @@ class _Client(protocol.Protocol):
 
 
 def main():
+    lean_poll(reactor)
     port = reactor.listenTCP(0, protocol.Factory.forProtocol(lambda: _Client(int(sys.argv[1]))), interface="127.0.0.1")
     print(port.getHost().port, flush=True)
     reactor.run()
