@@ -5,12 +5,12 @@ Twisted's epoll reactor calls each ready descriptor's handler through
 log context with that name as ``system``, and a context stack pushed and
 popped around the call, so that old-style ``log.msg`` lines from within it
 name the connection. That is about a dozen function calls an event, paid
-on every keystroke and every piece of guest output: a fifth of the calls
-an echo round trip costs the daemon (108 → 85 calls, two events), 6-7 %
-of a new session (782 → 733 sixteen at a time, ``bench/callcount.py``). Nothing in this daemon logs
-through the old API from a handler; an error that escapes one (Twisted
-logs it as "Unhandled Error") still names its connection here, as
-Twisted's wrapper would have. See docs/performance.md.
+on every keystroke and every piece of guest output: an echo round trip
+cost the daemon 108 function calls with it and 85 without (two events), a
+new session 782 and 733 sixteen at a time (``bench/callcount.py``).
+Nothing in this daemon logs through the old API from a handler; an error
+that escapes one (Twisted logs it as "Unhandled Error") still names its
+connection here, as Twisted's wrapper would have. See docs/performance.md.
 
 :func:`lean_poll` gives a reactor this loop if it is Twisted's epoll
 reactor (twistd's default on Linux); any other reactor keeps its own. The

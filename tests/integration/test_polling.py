@@ -44,6 +44,18 @@ def _run_until(reactor, done) -> bool:
     return done()
 
 
+def _listen(reactor, protocol):
+    """A loopback listener on ``reactor`` for ``protocol``: (its factory, whose ``lost`` gathers the ends; its port)."""
+    factory = Factory.forProtocol(protocol)
+    factory.lost = []
+    return factory, reactor.listenTCP(0, factory, interface="127.0.0.1")
+
+
+def _close(reactor, port) -> None:
+    port.stopListening()
+    _run_until(reactor, lambda: not port.connected)
+
+
 class _Echo(Protocol):
     def dataReceived(self, data):
         self.transport.write(data)
@@ -138,14 +150,11 @@ class LeanPollTests(TestCase):
     def test_tcp_round_trip_and_clean_close(self):
         """A client's bytes come back through a listener, and both ends see a clean close."""
         def case(reactor):
-            server = Factory.forProtocol(_Echo)
-            server.lost = []
-            port = reactor.listenTCP(0, server, interface="127.0.0.1")
+            server, port = _listen(reactor, _Echo)
             client = _Client()
             reactor.connectTCP("127.0.0.1", port.getHost().port, ClientFactory.forProtocol(lambda: client))
             self.assertTrue(_run_until(reactor, lambda: client.lost is not None and server.lost))
-            port.stopListening()
-            _run_until(reactor, lambda: not port.connected)
+            _close(reactor, port)
             return client.received, type(client.lost.value), [type(reason.value) for reason in server.lost]
 
         twisted, lean = self._both(case)
@@ -188,15 +197,12 @@ class LeanPollTests(TestCase):
             events = []
             log.addObserver(events.append)
             self.addCleanup(log.removeObserver, events.append)
-            server = Factory.forProtocol(_Failing)
-            server.lost = []
-            port = reactor.listenTCP(0, server, interface="127.0.0.1")
+            server, port = _listen(reactor, _Failing)
             peer = socket.create_connection(("127.0.0.1", port.getHost().port))
             self.addCleanup(peer.close)
             peer.sendall(b"boom")
             self.assertTrue(_run_until(reactor, lambda: server.lost))
-            port.stopListening()
-            _run_until(reactor, lambda: not port.connected)
+            _close(reactor, port)
             errors = [(e["system"], e["failure"].type) for e in events if e.get("isError")]
             return errors, [type(reason.value) for reason in server.lost]
 
@@ -214,14 +220,11 @@ class LeanPollTests(TestCase):
         """Many connections at once on the lean loop: every byte comes back, every end is clean."""
         reactor = _fresh(True)
         self.addCleanup(_dispose, reactor)
-        server = Factory.forProtocol(_Echo)
-        server.lost = []
-        port = reactor.listenTCP(0, server, interface="127.0.0.1")
+        server, port = _listen(reactor, _Echo)
         clients = [_Client() for _ in range(50)]
         for client in clients:
             reactor.connectTCP("127.0.0.1", port.getHost().port, ClientFactory.forProtocol(lambda c=client: c))
         self.assertTrue(_run_until(reactor, lambda: len(server.lost) == 50 and all(c.lost for c in clients)))
         self.assertEqual({c.received for c in clients}, {b"hello"})
         self.assertEqual({type(r.value) for r in server.lost}, {ConnectionDone})
-        port.stopListening()
-        _run_until(reactor, lambda: not port.connected)
+        _close(reactor, port)

@@ -9,6 +9,7 @@ from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.test.requesthelper import DummyRequest
 
 from serialproxy.api import API, LIST_SLICE, _json_list, console_url
 from serialproxy.config import load_config
@@ -18,7 +19,6 @@ from serialproxy.ports import PortAllocator
 from serialproxy.servers import Servers
 from serialproxy.testing import FakeHypervisorDriver, FakeProbe, MemoryStore
 from serialproxy.tokens import KeyService, TokenService, hash_secret
-from twisted.web.test.requesthelper import DummyRequest
 
 
 def entropy():
