@@ -58,6 +58,7 @@ class Logger(logger.Logger):
         self.observer(kwargs)
         return None
 
+
 _twistd_options = {}  # twistd's options, for twistd_observer() (set by log_through_us)
 _stamp = (None, "-")  # (a whole second, its timestamp text): one tuple, so threads see both or neither
 
